@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: env test test-all lint demo bench clean
+
+env:
+	@bash scripts/env.sh
+
+lint: env
+	$(VENV)/bin/ruff check .
+
+# CI runs exactly this (see .ci/run): environment from nothing, ruff, then the fast tests.
+test: env lint
+	$(PY) -m pytest -q -m "not slow"
+
+# Everything, slow tests included.
+test-all: env lint
+	$(PY) -m pytest -q
+
+demo: env
+	$(VENV)/bin/parallax demo --out out/demo
+
+bench: env
+	$(VENV)/bin/parallax bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache out

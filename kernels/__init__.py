@@ -1,0 +1,1 @@
+"""Triton kernels, each beside its pure-torch reference and a dispatcher (Triton on CUDA, torch elsewhere)."""
