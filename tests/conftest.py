@@ -8,6 +8,9 @@ import tempfile
 # bpy reads its user resources at import: point it at a throw-away folder before any test imports it.
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="parallax-bpy-"))
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+# Without a GPU, Triton kernels run through the CPU interpreter; it must be set before triton imports.
+if not os.path.exists("/dev/nvidia0") and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
 import pytest
