@@ -12,6 +12,8 @@ import sys
 
 # name -> (module, one-line help). Keep in step with DESIGN.md's list of commands.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("backend.server.serve", "run the backend server (ZeroMQ ROUTER) for the Blender add-on"),
+    "keys": ("backend.server.keys", "write CURVE key pairs for serving beyond loopback"),
     "bench": ("backend.bench", "print benchmark tables (ratios measured in one run)"),
 }
 
