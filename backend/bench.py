@@ -14,6 +14,7 @@ import importlib
 SUITES: dict[str, str] = {
     "kernels": "kernels.bench",
     "model": "backend.model.bench",
+    "protocol": "backend.server.bench_protocol",
 }
 
 

@@ -42,7 +42,7 @@ class ParamSpec:
 SAMPLING = {
     "steps": ParamSpec(int, 20, 1, 500),
     "seed": ParamSpec(int, 0, 0, 2**63 - 1),
-    "sampler": ParamSpec(str, "heun", choices=("euler", "heun", "multistep")),
+    "sampler": ParamSpec(str, "heun", choices=("euler", "heun", "dpmpp_2m")),
 }
 
 
