@@ -22,6 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=[*SUITES, "all"], help="which benchmark table to print")
     parser.add_argument("--quick", action="store_true", help="small sizes only (for CI smoke runs)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    for module_name in SUITES.values():  # each suite may add its own options
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:  # reported when that suite is run
+            continue
+        if hasattr(module, "configure"):
+            module.configure(parser)
 
 
 def format_table(rows: list[dict]) -> str:
