@@ -12,6 +12,13 @@ import sys
 
 # name -> (module, one-line help). Keep in step with DESIGN.md's list of commands.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "nvs": ("backend.pipelines.nvs", "novel views of an image along a camera path (transforms.json)"),
+    "interpolate": ("backend.pipelines.interpolate", "frames between two images"),
+    "cameras": ("backend.pipelines.cameras", "recover cameras (and depth, points) from a video"),
+    "depth": ("backend.pipelines.depth", "depth for an image, a video or a folder of frames"),
+    "edit": ("backend.pipelines.edit", "propagate an edit of the first frame through a clip"),
+    "mesh": ("backend.pipelines.mesh", "TSDF-fuse a clip with depth and cameras into a coloured mesh"),
+    "data": ("backend.data.synth", "make data sets: `parallax data synth` renders Blender scenes"),
     "serve": ("backend.server.serve", "run the backend server (ZeroMQ ROUTER) for the Blender add-on"),
     "keys": ("backend.server.keys", "write CURVE key pairs for serving beyond loopback"),
     "bench": ("backend.bench", "print benchmark tables (ratios measured in one run)"),
@@ -24,12 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.set_defaults(_module=module_name)
-        importlib.import_module(module_name).configure(cmd)
+        try:
+            importlib.import_module(module_name).configure(cmd)
+        except ImportError as exc:  # one missing optional dependency must not break every command
+            cmd.set_defaults(_import_error=f"{name} is unavailable: {exc}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "_import_error", None):
+        print(f"parallax: {args._import_error}", file=sys.stderr)
+        return 2
     module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)

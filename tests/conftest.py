@@ -36,3 +36,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def rendered_clip(tmp_path_factory) -> str:
+    """One small clip rendered by Blender Cycles through the real `parallax data synth` command.
+
+    8 frames at 64×48 with RGB, depth and cameras: the data the job tests run on. Rendered once per
+    test session, in a subprocess so bpy state never leaks into the tests.
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("rendered")
+    cmd = [sys.executable, "-m", "backend.cli", "data", "synth", "--out", str(out), "--clips", "1",
+           "--frames", "8", "--width", "64", "--height", "48", "--samples", "4", "--workers", "1",
+           "--seed", "1234", "--quiet"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    clips = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(clips) == 1, clips
+    return str(clips[0])
