@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test test-all lint demo bench clean
+.PHONY: env test test-all lint demo bench extension clean
 
 env:
 	@bash scripts/env.sh
@@ -20,6 +20,10 @@ test-all: env lint
 
 demo: env
 	$(VENV)/bin/parallax demo --out out/demo
+
+# The Blender extension: per-platform zips with pyzmq wheels (downloads the wheels once).
+extension: env
+	$(PY) scripts/build_extension.py --wheels --zip
 
 bench: env
 	$(VENV)/bin/parallax bench all
