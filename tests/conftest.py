@@ -8,6 +8,9 @@ import tempfile
 # bpy reads its user resources at import: point it at a throw-away folder before any test imports it.
 os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="parallax-bpy-"))
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+# One intra-op thread in the tests and in every subprocess they start (servers, CLI runs): the tests
+# are many small ops, and two processes each spinning two threads on a 2-core machine thrash.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Without a GPU, Triton kernels run through the CPU interpreter; it must be set before triton imports.
 if not os.path.exists("/dev/nvidia0") and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"
