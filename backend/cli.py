@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "depth": ("backend.pipelines.depth", "depth for an image, a video or a folder of frames"),
     "edit": ("backend.pipelines.edit", "propagate an edit of the first frame through a clip"),
     "mesh": ("backend.pipelines.mesh", "TSDF-fuse a clip with depth and cameras into a coloured mesh"),
+    "eval": ("backend.eval.run", "evaluate the model beside classical baselines on clips with ground truth"),
     "data": ("backend.data.synth", "make data sets: `parallax data synth` renders Blender scenes"),
     "serve": ("backend.server.serve", "run the backend server (ZeroMQ ROUTER) for the Blender add-on"),
     "keys": ("backend.server.keys", "write CURVE key pairs for serving beyond loopback"),
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(_module=module_name)
         try:
             importlib.import_module(module_name).configure(cmd)
-        except ImportError as exc:  # one missing optional dependency must not break every command
+        except Exception as exc:  # one broken or missing module must not break every command
             cmd.set_defaults(_import_error=f"{name} is unavailable: {exc}")
     return parser
 

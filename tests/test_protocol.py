@@ -117,3 +117,24 @@ def test_validate_frame_and_pixel_limits():
     assert err.value.code == P.TOO_LARGE
     with pytest.raises(P.ProtocolError):
         validate_job(msg, P.Limits(max_pixels=15))
+
+
+def test_errors_after_the_header_carry_the_request_id():
+    header = json.dumps({"v": 1, "type": "submit", "id": "req-7", "arrays": [
+        {"name": "a", "dtype": "float32", "shape": [3]}]}).encode()
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([header, b"abc"])
+    assert err.value.code == P.INVALID_INPUT and err.value.id == "req-7"
+
+
+@pytest.mark.parametrize("version", [True, 1.0, "1"])
+def test_version_must_be_the_integer(version):
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([_header(v=version)])
+    assert err.value.code == P.BAD_VERSION
+
+
+def test_encode_refuses_non_finite_params():
+    with pytest.raises(P.ProtocolError) as err:
+        P.encode(P.Message(type="result", params={"x": float("nan")}))
+    assert err.value.code == P.INVALID_INPUT

@@ -45,9 +45,10 @@ INTERNAL = "internal"  # the job failed inside the backend
 class ProtocolError(ValueError):
     """A message or job request that must be answered with an error reply."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, id: str | None = None):
         super().__init__(message)
         self.code = code
+        self.id = id  # the request's id when its header parsed, so the reply can be matched
 
 
 @dataclass
@@ -84,7 +85,11 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         buffers.append(memoryview(array).cast("B") if array.size else b"")
     header = {"v": PROTOCOL_VERSION, "type": msg.type, "id": msg.id, "job": msg.job,
               "arrays": descriptors, "params": msg.params}
-    return [json.dumps(header, allow_nan=False).encode(), *buffers]
+    try:
+        text = json.dumps(header, allow_nan=False)
+    except (TypeError, ValueError) as exc:  # NaN/inf or a non-JSON object in params
+        raise ProtocolError(INVALID_INPUT, f"params are not finite JSON: {exc}") from None
+    return [text.encode(), *buffers]
 
 
 def decode(frames: list[bytes], limits: Limits | None = None) -> Message:
@@ -93,6 +98,14 @@ def decode(frames: list[bytes], limits: Limits | None = None) -> Message:
     if not frames:
         raise ProtocolError(BAD_MESSAGE, "empty message")
     header = _parse_header(frames[0])
+    try:
+        return _decode_body(header, frames, limits)
+    except ProtocolError as exc:
+        exc.id = header.get("id")
+        raise
+
+
+def _decode_body(header: dict, frames: list[bytes], limits: Limits) -> Message:
     descriptors = header.get("arrays", [])
     if not isinstance(descriptors, list) or len(descriptors) > MAX_ARRAYS:
         raise ProtocolError(BAD_MESSAGE, f"'arrays' must be a list of at most {MAX_ARRAYS} descriptors")
@@ -121,8 +134,9 @@ def _parse_header(raw: bytes) -> dict:
         raise ProtocolError(BAD_MESSAGE, f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(BAD_MESSAGE, "header must be a JSON object")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(BAD_VERSION, f"protocol version {header.get('v')!r}; this side speaks "
+    version = header.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
+        raise ProtocolError(BAD_VERSION, f"protocol version {version!r}; this side speaks "
                             f"{PROTOCOL_VERSION}")
     if header.get("type") not in MESSAGE_TYPES:
         raise ProtocolError(BAD_MESSAGE, f"unknown message type {header.get('type')!r}")

@@ -115,9 +115,13 @@ class Server:
             self._ctx.term()
 
     def _send(self, identity: bytes, msg: P.Message) -> None:
+        try:
+            frames = P.encode(msg)
+        except P.ProtocolError as exc:  # a result the wire cannot carry becomes an error reply
+            frames = P.encode(P.error_message(P.INTERNAL, f"cannot send {msg.type}: {exc}", id=msg.id, job=msg.job))
         # A vanished peer is not an error: results stay on disk for a later fetch.
         with contextlib.suppress(zmq.ZMQError):
-            self.socket.send_multipart([identity, *P.encode(msg)], copy=False)
+            self.socket.send_multipart([identity, *frames], copy=False)
 
     def _handle(self, frames: list) -> None:
         identity, body = frames[0].bytes, [f.buffer for f in frames[1:]]
@@ -129,7 +133,7 @@ class Server:
                 raise P.ProtocolError(P.BAD_MESSAGE, f"{msg.type!r} is not a request")
             reply = getattr(self, f"_on_{msg.type}")(identity, msg)
         except P.ProtocolError as exc:
-            reply = P.error_message(exc.code, str(exc), id=msg_id)
+            reply = P.error_message(exc.code, str(exc), id=msg_id or exc.id)
         except Exception as exc:  # never let one request kill the loop
             reply = P.error_message(P.INTERNAL, f"{type(exc).__name__}: {exc}", id=msg_id)
         self._send(identity, reply)
