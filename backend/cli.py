@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mesh": ("backend.pipelines.mesh", "TSDF-fuse a clip with depth and cameras into a coloured mesh"),
     "eval": ("backend.eval.run", "evaluate the model beside classical baselines on clips with ground truth"),
     "data": ("backend.data.synth", "make data sets: `parallax data synth` renders Blender scenes"),
+    "demo": ("backend.demo", "run the whole thing headless: Cycles shot, real backend, add-on operators, ATE"),
     "serve": ("backend.server.serve", "run the backend server (ZeroMQ ROUTER) for the Blender add-on"),
     "keys": ("backend.server.keys", "write CURVE key pairs for serving beyond loopback"),
     "bench": ("backend.bench", "print benchmark tables (ratios measured in one run)"),

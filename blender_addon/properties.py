@@ -14,7 +14,7 @@ from bpy.props import (
 )
 
 SAMPLERS = (("heun", "Heun", "Second-order, the default"), ("euler", "Euler", "First-order, fastest"),
-            ("multistep", "Multistep", "Second-order multistep solver"))
+            ("dpmpp_2m", "DPM-Solver++(2M)", "Second-order multistep solver, one evaluation per step"))
 JOB_STATES = ("sending", "queued", "running", "done", "failed", "cancelled")
 
 
