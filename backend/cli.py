@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "depth": ("backend.pipelines.depth", "depth for an image, a video or a folder of frames"),
     "edit": ("backend.pipelines.edit", "propagate an edit of the first frame through a clip"),
     "mesh": ("backend.pipelines.mesh", "TSDF-fuse a clip with depth and cameras into a coloured mesh"),
+    "train": ("backend.train.cli", "train on clip folders, videos and transforms.json scenes; --export ships it"),
     "eval": ("backend.eval.run", "evaluate the model beside classical baselines on clips with ground truth"),
     "data": ("backend.data.synth", "make data sets: `parallax data synth` renders Blender scenes"),
     "demo": ("backend.demo", "run the whole thing headless: Cycles shot, real backend, add-on operators, ATE"),

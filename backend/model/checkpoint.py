@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from backend.model.config import DiTConfig
+from backend.model.config import _DTYPES, DiTConfig
 from backend.model.dit import DiT
 
 FORMAT = "parallax-dit"
@@ -33,18 +33,31 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 _STREAM_SUFFIX = re.compile(r"_(depth|rays)$")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: DiTConfig, extra_meta: dict | None = None) -> Path:
-    """Write model's state dict and config to `path` (.safetensors) atomically; returns the path."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, cfg: DiTConfig, extra_meta: dict | None = None,
+                    storage_dtype: str | None = None) -> Path:
+    """Write model's state dict and config to `path` (.safetensors) atomically; returns the path.
+
+    storage_dtype ("bfloat16", "float16", "float32" or None = as the model holds them) casts the
+    floating tensors in the file only, e.g. to ship a checkpoint at half the size; it is recorded in
+    the metadata and load_checkpoint casts back to the config's `param_dtype`.
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"save_checkpoint: path must end in .safetensors, got {path.name!r}")
+    if storage_dtype is not None and storage_dtype not in _DTYPES:
+        raise ValueError(f"save_checkpoint: storage_dtype must be one of {sorted(_DTYPES)}, got {storage_dtype!r}")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if storage_dtype is not None:
+        store = _DTYPES[storage_dtype]
+        state = {k: v.to(store) if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "config": cfg.to_json(),
         "extra": json.dumps(extra_meta or {}, sort_keys=True),
     }
+    if storage_dtype is not None:
+        meta["storage_dtype"] = storage_dtype
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -75,6 +88,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise ValueError(f"load_checkpoint: format_version {version} is newer than supported {FORMAT_VERSION}")
         cfg = DiTConfig.from_dict(json.loads(raw["config"]))
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+    stored = raw.get("storage_dtype")
+    if stored is not None:  # stored in a smaller dtype than the model's: cast back, then check strictly
+        if stored not in _DTYPES or any(v.is_floating_point() and v.dtype != _DTYPES[stored] for v in state.values()):
+            raise ValueError(f"load_checkpoint: {path.name} storage_dtype {stored!r} does not match its tensors")
+        state = {k: v.to(cfg.torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     with torch.device("meta"):
         model = DiT(cfg)  # no memory until the loaded tensors are assigned
     load_state_dict_strict(model, state)
