@@ -11,6 +11,7 @@ Times are medians over repeats after a warm-up; absolute milliseconds appear onl
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -19,10 +20,16 @@ from collections.abc import Callable
 import torch
 
 from kernels import splat as S
+from kernels import splat_cpu as SC
 
 # (source H, W, views, target H, W) per suite size; quick is a CI smoke run.
 QUICK_SIZES = [(48, 64, 2, 48, 64), (96, 128, 4, 96, 128)]
-FULL_SIZES = [(256, 384, 4, 256, 384), (720, 1280, 8, 720, 1280), (1536, 2048, 16, 1536, 2048)]
+FULL_SIZES = [
+    (256, 384, 4, 256, 384),
+    (720, 1280, 4, 720, 1280),
+    (720, 1280, 8, 720, 1280),
+    (1536, 2048, 16, 1536, 2048),
+]
 
 
 def _device(choice: str) -> torch.device:
@@ -120,6 +127,10 @@ def _splat_rows(device: torch.device, sizes, repeats: int, bandwidth: float | No
             if device.type == "cpu":
                 base = _median_time(_scatter_baseline(args, ht, wt), device, repeats)
                 rows.append(_row(kernel, size, "cpu", "reference", "scatter_reduce_", ref / base, base))
+                for path, compiled in (("fused-eager", False), ("fused-inductor", True)):
+                    fn = functools.partial(SC.splat_cpu, *args, (ht, wt), mode=mode, compiled=compiled)
+                    fused = _median_time(fn, device, repeats)  # the warm-up call compiles (disk-cached)
+                    rows.append(_row(kernel, size, "cpu", path, "scatter_reduce_", fused / base, base))
                 continue
             tri = _median_time(lambda m=mode, a=args, hw=(ht, wt): S.splat_triton(*a, hw, mode=m), device, repeats)
             bound = _splat_bytes(h, w, views, ht, wt, mode) / bandwidth
@@ -158,6 +169,8 @@ def _ray_rows(device: torch.device, sizes, repeats: int, bandwidth: float | None
 def run_suite(args: argparse.Namespace) -> list[dict]:
     """Rows of ratios for `parallax bench kernels` (args.quick: bool, args.device: auto|cpu|cuda)."""
     device = _device(getattr(args, "device", "auto"))
+    if getattr(args, "threads", None):  # backend/model/bench.py owns the --threads option
+        torch.set_num_threads(int(args.threads))
     quick = bool(getattr(args, "quick", False))
     sizes = QUICK_SIZES if quick else FULL_SIZES
     repeats = 3
@@ -179,4 +192,6 @@ def run_suite(args: argparse.Namespace) -> list[dict]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Own options: none beyond backend/bench.py's --quick and --device."""
+    """Own options: --threads (CPU threads), unless another suite has registered it already."""
+    if "--threads" not in parser._option_string_actions:
+        parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")

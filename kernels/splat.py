@@ -515,6 +515,10 @@ def splat(
     soft_sharpness: float = 50.0,
     soft_eps: float = 1e-2,
 ) -> SplatResult:
-    """Dispatcher: Triton on CUDA tensors (kernels.dispatch.use_triton), the torch reference elsewhere."""
-    fn = splat_triton if use_triton(color, depth) else splat_reference
+    """Dispatcher: Triton on CUDA tensors (kernels.dispatch.use_triton), elsewhere the fused torch path
+    of kernels.splat_cpu (bit-identical to the reference in nearest mode, Inductor-compiled for big warps)."""
+    if use_triton(color, depth):
+        fn = splat_triton
+    else:
+        from kernels.splat_cpu import splat_cpu as fn  # imports this module: bound here, not at the top
     return fn(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold, soft_sharpness, soft_eps)
