@@ -20,13 +20,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINES = [ROOT / "backend" / "pipelines" / f"{m}.py" for m in ("runners", "nvs", "cameras", "edit")]
-pytestmark = [
-    pytest.mark.blender, pytest.mark.slow,
-    pytest.mark.skipif(not all(p.exists() for p in PIPELINES),
-                       reason="backend/pipelines/{runners,nvs,cameras,edit}.py do not exist yet: "
-                              "`parallax serve` cannot run these jobs"),
-]
+pytestmark = pytest.mark.blender
 bpy = pytest.importorskip("bpy")
 import addon_utils  # noqa: E402
 

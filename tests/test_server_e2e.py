@@ -77,13 +77,6 @@ class ServerProcess:
         self.stop()
 
 
-def pipeline_or_skip(job: str) -> None:
-    """Skip when the job's pipeline module is not written yet."""
-    module = f"backend.pipelines.{JOBS[job].module}"
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} does not exist yet (the {job} pipeline is being written concurrently)")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("serve") / "jobs") as srv:
@@ -97,7 +90,6 @@ def clip(rendered_clip):
 
 def run_job(server: ServerProcess, job: str, arrays: dict, **params) -> tuple[dict, dict]:
     """Submit, collect progress, receive the result event; check it against fetch and the job status."""
-    pipeline_or_skip(job)
     seen: list[float] = []
     with server.client(timeout=30.0) as client:
         job_id = client.submit(job, arrays, **params)
@@ -137,7 +129,6 @@ def test_runner_table_matches_specs_and_protocol():
 @pytest.mark.parametrize("job", sorted(JOBS))
 def test_pipeline_signature_takes_every_param(job):
     """The runner passes arrays and validated params by name: the pipeline must accept all of them."""
-    pipeline_or_skip(job)
     adapter = JOBS[job]
     module = importlib.import_module(f"backend.pipelines.{adapter.module}")
     sig = inspect.signature(getattr(module, adapter.function))
@@ -219,7 +210,6 @@ def test_edit_keeps_pixels_outside_the_mask(server, clip):
 
 def test_mesh_equals_the_direct_call(server, clip):
     """Model-free and deterministic: the served mesh is bit-identical to calling the pipeline here."""
-    pipeline_or_skip("mesh")
     from backend.pipelines.mesh import fuse_mesh
 
     cams = clip.cameras[:4]
@@ -236,7 +226,6 @@ def test_mesh_equals_the_direct_call(server, clip):
 
 def test_failing_job_reports_invalid_input_and_server_keeps_serving(server, clip):
     """A request that passes the wire spec but that the pipeline rejects (fx = 0) fails only its job."""
-    pipeline_or_skip("mesh")
     cams = clip.cameras
     K = cams.K.copy()
     K[:, 0, 0] = 0.0
@@ -258,7 +247,6 @@ def test_bench_protocol_quick_rows_add_up():
 
     from backend.server.bench_protocol import run_suite
 
-    pipeline_or_skip("depth")
     rows = run_suite(argparse.Namespace(quick=True, device="cpu"))
     by_stage = {r["stage"].split(":")[0].split(" (")[0].strip(): r for r in rows}
     job = by_stage["whole job"]

@@ -16,7 +16,7 @@ import threading
 import numpy as np
 import pytest
 import zmq.auth
-from test_server_e2e import ROOT, ServerProcess, pipeline_or_skip
+from test_server_e2e import ROOT, ServerProcess
 
 from backend import cli
 from backend.server import protocol as P
@@ -45,7 +45,6 @@ def wait_running(client: Client, job: str) -> None:
 
 
 def test_cancel_mid_job_stops_promptly_and_the_next_job_runs(server):
-    pipeline_or_skip("depth")
     with server.client(timeout=30.0) as client:
         long_job = client.submit("depth", {"images": frames(4)}, steps=LONG_STEPS)
         next_job = client.submit("depth", {"images": frames(2)}, steps=1)  # queued behind it
@@ -65,7 +64,6 @@ def test_cancel_mid_job_stops_promptly_and_the_next_job_runs(server):
 
 
 def test_disconnected_client_fetches_the_result_later(server):
-    pipeline_or_skip("depth")
     first = server.client(timeout=30.0)
     job = first.submit("depth", {"images": frames(3)}, steps=3)
     first.next_event(job, timeout=60.0)  # the job has started
@@ -81,7 +79,6 @@ def test_disconnected_client_fetches_the_result_later(server):
 
 
 def test_two_clients_submitting_at_once_both_get_their_own_results(server):
-    pipeline_or_skip("depth")
     results: dict[int, tuple] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(2)
@@ -107,7 +104,6 @@ def test_two_clients_submitting_at_once_both_get_their_own_results(server):
 
 
 def test_sigterm_with_a_job_running_shuts_down_cleanly(tmp_path):
-    pipeline_or_skip("depth")
     srv = ServerProcess(tmp_path / "jobs")
     try:
         with srv.client(timeout=30.0) as client:
