@@ -59,8 +59,9 @@ class SplatResult(NamedTuple):
     mask: Tensor  # (B, V, Ht, Wt) bool, True where something landed
 
 
-def check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw) -> None:
-    """Shape checks shared by every path; raises ValueError naming the bad field."""
+def check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode: str = "nearest",
+                       edge_threshold: float | None = 0.1) -> None:
+    """Input checks shared by every path (shapes, dtypes, then the options); ValueError naming the bad field."""
     if not isinstance(color, Tensor) or color.ndim != 4:
         raise ValueError(f"color must be a (B, C, H, W) tensor, got {getattr(color, 'shape', type(color))}")
     B, _C, H, W = color.shape
@@ -82,9 +83,6 @@ def check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw) -> 
         raise ValueError(f"out_hw must be two positive ints (Ht, Wt), got {out_hw!r}")
     if not color.is_floating_point() or not depth.is_floating_point():
         raise ValueError(f"color and depth must be floating, got {color.dtype} and {depth.dtype}")
-
-
-def _check_options(mode: str, edge_threshold: float | None) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if edge_threshold is not None and not edge_threshold > 0:
@@ -257,8 +255,7 @@ def splat_reference(
 ) -> SplatResult:
     """Pure-torch forward splatting (module docstring). color (B, C, H, W), depth (B, H, W),
     K_src (B, 3, 3), c2w_src (B, 4, 4), K_tgt (B, V, 3, 3), c2w_tgt (B, V, 4, 4) → SplatResult."""
-    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw)
-    _check_options(mode, edge_threshold)
+    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold)
     Ht, Wt = (int(s) for s in out_hw)
     rgb, z, M = _prepare(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, edge_threshold)
     if mode == "nearest":
@@ -453,8 +450,7 @@ def splat_triton(
 
     Same arguments and result as `splat_reference`; writes into `out` when given.
     """
-    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw)
-    _check_options(mode, edge_threshold)
+    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold)
     if not has_triton():
         raise RuntimeError("splat_triton needs the triton package; use splat() instead")
     B, C, H, W = color.shape

@@ -31,7 +31,6 @@ from torch import Tensor
 
 from kernels.splat import (
     SplatResult,
-    _check_options,
     _outputs,
     check_splat_inputs,
     composite_projection,
@@ -273,8 +272,7 @@ def splat_cpu(
     across calls saves the page faults of fresh output memory. `compiled`: force the Inductor passes on
     or off (None: `use_compiled`). Eager soft mode is the reference itself (batching does not pay there).
     """
-    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw)
-    _check_options(mode, edge_threshold)
+    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold)
     B, C, H, W = color.shape
     V = K_tgt.shape[1]
     Ht, Wt = (int(s) for s in out_hw)

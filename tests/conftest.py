@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
@@ -59,3 +60,45 @@ def rendered_clip(tmp_path_factory) -> str:
     clips = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(clips) == 1, clips
     return str(clips[0])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module: on the shared 2-core machine a 2-thread pool is many times
+    slower. Opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`; module scope, so the module's
+    own fixtures (models, fused meshes) that ask for it run on one thread too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clip(rendered_clip):
+    """The rendered clip read back (images, depth, cameras), once per module."""
+    from backend.data.clips import read_clip
+
+    return read_clip(rendered_clip)
+
+
+@pytest.fixture(scope="module")
+def bundle(request):
+    """The untrained random `tiny` model on the CPU at the test module's own small working size.
+
+    The module's globals `AREA` (working pixels) and `WINDOW` (frames per window) override the model's
+    defaults when present: a small size keeps the random model cheap on a CPU.
+    """
+    from backend.pipelines.bundle import load_bundle
+
+    sizes = {name.lower(): getattr(request.module, name) for name in ("AREA", "WINDOW")
+             if hasattr(request.module, name)}
+    return dataclasses.replace(load_bundle(device="cpu"), **sizes)
+
+
+@pytest.fixture
+def bundle_checkpoint(bundle, tmp_path):
+    """`bundle` saved as a checkpoint file (with its area and window) for the command-line tests."""
+    from backend.model.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path / "tiny.safetensors", bundle.model, bundle.cfg,
+                           extra_meta={"area": bundle.area, "window": bundle.window})

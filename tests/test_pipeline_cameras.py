@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from backend.data.clips import read_clip
 from backend.data.ply import read_ply
 from backend.geometry.align import ate
 from backend.geometry.projection import project_points
-from backend.pipelines.bundle import load_bundle
 from backend.pipelines.cameras import point_cloud, recover_cameras, to_first_frame
 from backend.pipelines.chain import (
     Sim3,
@@ -27,14 +25,8 @@ from backend.pipelines.chain import (
 )
 from backend.pipelines.engine import windows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Model runs on one intra-op thread: on the shared 2-core machine a 2-thread pool is many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+AREA, WINDOW = 24 * 32, 4  # conftest.bundle: the tiny model at a quarter of its working area, 4-frame windows
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -199,16 +191,10 @@ def test_to_first_frame_is_a_similarity(rng):
     np.testing.assert_allclose(d, depth / 2)
 
 
-@pytest.fixture(scope="module")
-def small_bundle():
-    """The untrained tiny model at a quarter of its working area and a 4-frame window (fast on a CPU)."""
-    return dataclasses.replace(load_bundle(device="cpu"), area=24 * 32, window=4)
-
-
-def test_recover_cameras_end_to_end(rendered_clip, small_bundle):
+def test_recover_cameras_end_to_end(rendered_clip, bundle):
     video = read_clip(rendered_clip).images  # (8, 48, 64, 3)
     seen = []
-    r = recover_cameras(small_bundle, video, steps=2, seed=3, progress=lambda f, m="": seen.append(f))
+    r = recover_cameras(bundle, video, steps=2, seed=3, progress=lambda f, m="": seen.append(f))
     F_, H, W = 8, 48, 64
     assert r.K.shape == (F_, 3, 3) and r.c2w.shape == (F_, 4, 4) and r.depth.shape == (F_, H, W)
     assert r.K.dtype == np.float64 and r.c2w.dtype == np.float64 and r.depth.dtype == np.float32
@@ -217,20 +203,20 @@ def test_recover_cameras_end_to_end(rendered_clip, small_bundle):
     assert r.windows == 5 and len(r.chain) == 5  # windows of 4 overlapping by 3
     assert 0 < len(r.points) <= 200_000 and r.points.dtype == np.float32 and r.colors.shape == r.points.shape
     assert seen == sorted(seen) and seen[-1] == 1.0
-    again = recover_cameras(small_bundle, video, steps=2, seed=3)
+    again = recover_cameras(bundle, video, steps=2, seed=3)
     for name, a in r.arrays().items():
         np.testing.assert_array_equal(a, again.arrays()[name], err_msg=name)
-    single = recover_cameras(small_bundle, video[:1], steps=1, points=False)
+    single = recover_cameras(bundle, video[:1], steps=1, points=False)
     assert single.c2w.shape == (1, 4, 4) and len(single.points) == 0 and single.params()["frames"] == 1
-    odd = recover_cameras(small_bundle, np.ascontiguousarray(video[:5, :37, :61]), steps=1)  # any size
+    odd = recover_cameras(bundle, np.ascontiguousarray(video[:5, :37, :61]), steps=1)  # any size
     assert odd.depth.shape == (5, 37, 61) and odd.windows == 2 and np.isfinite(odd.K).all()
 
 
 @pytest.mark.parametrize(("video", "field"), [(np.zeros((2, 8, 8, 3), np.float32), "video"),
                                               (np.zeros((8, 8, 3), np.uint8), "video")])
-def test_recover_cameras_rejects_bad_input(small_bundle, video, field):
+def test_recover_cameras_rejects_bad_input(bundle, video, field):
     with pytest.raises(ValueError, match=field):
-        recover_cameras(small_bundle, video)
+        recover_cameras(bundle, video)
 
 
 def test_cameras_cli(rendered_clip, tmp_path):

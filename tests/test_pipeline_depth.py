@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 
 from backend.data.clips import read_clip, read_image
 from backend.pipelines.bundle import load_bundle
@@ -17,14 +15,8 @@ from backend.pipelines.chain import chain_depth, depth_code_to_depth, log_depth_
 from backend.pipelines.depth import colorize_depth, estimate_depth, upsample_depth
 from backend.pipelines.engine import windows
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Model runs on one intra-op thread: on the shared 2-core machine a 2-thread pool is many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+AREA, WINDOW = 24 * 32, 4  # conftest.bundle: the tiny model at a quarter of its working area, 4-frame windows
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def test_log_depth_scale_exact_and_robust(rng):
@@ -82,35 +74,29 @@ def test_colorize_depth_near_is_warm_far_is_cool():
     assert (unknown == 0).all()
 
 
-@pytest.fixture(scope="module")
-def small_bundle():
-    """The untrained tiny model at a quarter of its working area and a 4-frame window (fast on a CPU)."""
-    return dataclasses.replace(load_bundle(device="cpu"), area=24 * 32, window=4)
-
-
-def test_estimate_depth_end_to_end(rendered_clip, small_bundle):
+def test_estimate_depth_end_to_end(rendered_clip, bundle):
     images = read_clip(rendered_clip).images  # (8, 48, 64, 3)
     seen = []
-    r = estimate_depth(small_bundle, images, steps=2, seed=5, progress=lambda f, m="": seen.append(f))
+    r = estimate_depth(bundle, images, steps=2, seed=5, progress=lambda f, m="": seen.append(f))
     assert r.depth.shape == (8, 48, 64) and r.depth.dtype == np.float32
     assert np.isfinite(r.depth).all() and (r.depth >= 0).all()
     assert abs(np.median(r.depth[0][r.depth[0] > 0]) - 1) < 1e-6
     assert r.windows == 3 and len(r.window_scales) == 3  # windows of 4 overlapping by 2
     assert seen == sorted(seen) and seen[-1] == 1.0
     assert r.params()["frames"] == 8 and set(r.arrays()) == {"depth"}
-    again = estimate_depth(small_bundle, images, steps=2, seed=5)
+    again = estimate_depth(bundle, images, steps=2, seed=5)
     np.testing.assert_array_equal(r.depth, again.depth)
-    other = estimate_depth(small_bundle, images, steps=2, seed=6)
+    other = estimate_depth(bundle, images, steps=2, seed=6)
     assert not np.array_equal(r.depth, other.depth)  # the seed matters
-    single = estimate_depth(small_bundle, images[:1], steps=1)
+    single = estimate_depth(bundle, images[:1], steps=1)
     assert single.depth.shape == (1, 48, 64) and single.windows == 1
 
 
 @pytest.mark.parametrize(("images", "field"), [(np.zeros((2, 8, 8, 3), np.float32), "images"),
                                                (np.zeros((2, 8, 8, 4), np.uint8), "images")])
-def test_estimate_depth_rejects_bad_input(small_bundle, images, field):
+def test_estimate_depth_rejects_bad_input(bundle, images, field):
     with pytest.raises(ValueError, match=field):
-        estimate_depth(small_bundle, images)
+        estimate_depth(bundle, images)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from backend.data.clips import (
-    read_clip,
     read_frames,
     read_image,
     read_mask,
@@ -22,34 +21,16 @@ from backend.data.clips import (
     write_video,
 )
 from backend.geometry.projection import project_points, unproject_depth
-from backend.pipelines.bundle import load_bundle
 from backend.pipelines.edit import composite, feather_alpha, plan_windows, propagate_edit
 from backend.pipelines.track import TrackConfig, edit_region, forward_backward_error, track_mask, warp_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQUARE = (slice(22, 34), slice(8, 20))  # rows, cols of the rendered clip's sphere in frame 0
 PAINT = np.array([255, 40, 200], np.uint8)
+AREA, WINDOW = 24 * 32, 5  # conftest.bundle's small working size; 8 frames -> three windows
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The shared 2-core machine: oversubscribed torch threads are many times slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    b = load_bundle(device="cpu")
-    b.area, b.window = 24 * 32, 5  # small working size; 8 frames -> three windows
-    return b
-
-
-@pytest.fixture(scope="module")
-def clip(rendered_clip):
-    return read_clip(rendered_clip)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def _edited(frame: np.ndarray) -> np.ndarray:

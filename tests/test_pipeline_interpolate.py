@@ -17,23 +17,11 @@ import pytest
 
 from backend.data.clips import read_clip, write_image
 from backend.geometry.cameras import cameras_to_transforms
-from backend.model.checkpoint import save_checkpoint
-from backend.pipelines.bundle import load_bundle
 from backend.pipelines.engine import scale_intrinsics
 from backend.pipelines.interpolate import interpolate, plan_groups
 
-AREA = 16 * 24  # a 16×24 working size (2×3 tokens per frame) keeps the random model cheap
+AREA, WINDOW = 16 * 24, 4  # conftest.bundle: a 16×24 working size (2×3 tokens per frame) keeps the model cheap
 RUN = {"steps": 2, "sampler": "euler"}
-
-
-@pytest.fixture(scope="module")
-def clip(rendered_clip):
-    return read_clip(rendered_clip)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return dataclasses.replace(load_bundle(device="cpu"), area=AREA, window=4)
 
 
 @pytest.mark.parametrize("frames,window", [(2, 8), (8, 8), (19, 8), (30, 4), (6, 3)])
@@ -96,9 +84,8 @@ def test_bad_inputs_name_the_field(bundle, clip):
         interpolate(bundle, img, img, frames=5, K=clip.cameras.K, c2w=clip.cameras.c2w)
 
 
-def test_cli_end_to_end(bundle, clip, tmp_path):
-    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", bundle.model, bundle.cfg,
-                           extra_meta={"area": AREA, "window": 4})
+def test_cli_end_to_end(bundle_checkpoint, clip, tmp_path):
+    ckpt = bundle_checkpoint
     write_image(tmp_path / "a.png", clip.images[0])
     write_image(tmp_path / "b.png", clip.images[-1])
     base = [sys.executable, "-m", "backend.cli", "interpolate", "--first", str(tmp_path / "a.png"), "--last",

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from backend.data.clips import read_clip
 from backend.data.ply import read_ply
 from backend.geometry.projection import project_points
 from backend.pipelines.mesh import fuse_mesh
@@ -19,30 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOXEL = 0.5  # scene units; the rendered scene spans ~60 units, so the grid stays small and fast
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The shared 2-core machine: oversubscribed torch threads are many times slower than one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
-def clip(rendered_clip):
-    return read_clip(rendered_clip)
-
-
-@pytest.fixture(scope="module")
-def fused(clip):
+def fused(clip, one_thread):
     messages: list[tuple[float, str]] = []
-    n = torch.get_num_threads()  # module fixtures run before the per-test thread fixture
-    torch.set_num_threads(1)
-    try:
-        res = fuse_mesh(clip.images, clip.depth, clip.cameras.K, clip.cameras.c2w, voxel=VOXEL,
-                        progress=lambda f, m: messages.append((f, m)))
-    finally:
-        torch.set_num_threads(n)
+    res = fuse_mesh(clip.images, clip.depth, clip.cameras.K, clip.cameras.c2w, voxel=VOXEL,
+                    progress=lambda f, m: messages.append((f, m)))
     return res, messages
 
 

@@ -21,23 +21,11 @@ from backend.data.ply import read_ply
 from backend.geometry.cameras import Cameras, cameras_to_transforms
 from backend.geometry.projection import unproject_depth
 from backend.geometry.warp import warp_rgbd
-from backend.model.checkpoint import save_checkpoint
-from backend.pipelines.bundle import load_bundle
 from backend.pipelines.engine import scale_intrinsics
 from backend.pipelines.nvs import NVSConfig, novel_views, plan_windows
 
-AREA = 16 * 24  # working pixels: a 16×24 (2×3 tokens) window keeps the random model cheap
+AREA = 16 * 24  # conftest.bundle's working pixels: a 16×24 (2×3 tokens) window keeps the random model cheap
 RUN = {"steps": 2, "sampler": "euler"}
-
-
-@pytest.fixture(scope="module")
-def clip(rendered_clip):
-    return read_clip(rendered_clip)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return dataclasses.replace(load_bundle(device="cpu"), area=AREA)
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +177,8 @@ def test_estimated_depth_and_best_of_n(bundle, clip):
     json.dumps(res.params(), allow_nan=False)
 
 
-def test_cli_end_to_end(clip, tmp_path, bundle):
-    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", bundle.model, bundle.cfg,
-                           extra_meta={"area": AREA, "window": 8})
+def test_cli_end_to_end(clip, tmp_path, bundle_checkpoint):
+    ckpt = bundle_checkpoint
     write_image(tmp_path / "source.png", clip.images[0])
     np.save(tmp_path / "source_depth.npy", clip.depth[0])
     path = clip.cameras[[0, 2, 4]]  # a short path keeps the mesh fusion cheap

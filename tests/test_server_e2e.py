@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.data.clips import read_clip
 from backend.pipelines.runners import JOBS, RESULT_DTYPES
 from backend.server import protocol as P
 from backend.server.client import BackendError, Client
@@ -81,11 +80,6 @@ class ServerProcess:
 def server(tmp_path_factory):
     with ServerProcess(tmp_path_factory.mktemp("serve") / "jobs") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def clip(rendered_clip):
-    return read_clip(rendered_clip)
 
 
 def run_job(server: ServerProcess, job: str, arrays: dict, **params) -> tuple[dict, dict]:

@@ -9,6 +9,7 @@ marching cubes (Lorensen & Cline 1987; scikit-image's implementation) and colour
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,9 @@ from torch import Tensor
 
 from .projection import project_points
 
+AUTO_VOXELS = 160  # auto voxel size: the scene's largest extent over this many voxels
+MAX_VOXELS = 4_000_000  # the grid is coarsened until it holds at most this many voxels
+TRUNC_VOXELS = 4  # truncation distance in voxels
 
 @dataclass
 class TSDFVolume:
@@ -88,11 +92,14 @@ def integrate(volume: TSDFVolume, rgb: Tensor, depth: Tensor, K: Tensor, c2w: Te
 
 
 def fuse(images: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
-         voxel_size: float | None = None, max_voxels: int = 4_000_000) -> TSDFVolume:
+         voxel_size: float | None = None, max_voxels: int = MAX_VOXELS,
+         progress: Callable[[int, int], None] | None = None) -> TSDFVolume:
     """TSDF-fuse a clip. images (F,H,W,3) uint8, depth (F,H,W), K (F,3,3), c2w (F,4,4) OpenCV axes.
 
-    voxel_size defaults to the largest bound over ~160 voxels, grown until the grid holds at most
-    `max_voxels`; the truncation is 4 voxels.
+    voxel_size defaults to the largest bound over AUTO_VOXELS voxels; any size is grown until the grid
+    holds at most `max_voxels` (a tiny voxel on a big scene cannot exhaust memory); the truncation is
+    TRUNC_VOXELS voxels. progress(f, F), if given, is called before frame f is integrated (it may raise
+    to cancel between frames).
     """
     if not (images.shape[:3] == depth.shape and len(K) == len(c2w) == len(depth)):
         raise ValueError(f"images {images.shape}, depth {depth.shape}, K {K.shape}, c2w {c2w.shape} disagree")
@@ -101,12 +108,14 @@ def fuse(images: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray,
     lo, hi = scene_bounds(d, Kt, Pt)
     extent = (hi - lo).clamp(min=1e-6)
     if voxel_size is None:
-        voxel_size = float(extent.max()) / 160
+        voxel_size = float(extent.max()) / AUTO_VOXELS
     voxel_size = max(voxel_size, float((extent.prod() / max_voxels) ** (1 / 3)))
-    margin = 4 * voxel_size
-    volume = TSDFVolume.empty(lo - margin, hi + margin, voxel_size, trunc=4 * voxel_size)
-    rgb = torch.as_tensor(images).float() / 255
+    margin = TRUNC_VOXELS * voxel_size
+    volume = TSDFVolume.empty(lo - margin, hi + margin, voxel_size, trunc=TRUNC_VOXELS * voxel_size)
+    rgb = torch.as_tensor(images).float() / 255  # (F, H, W, 3)
     for f in range(len(d)):
+        if progress is not None:
+            progress(f, len(d))
         integrate(volume, rgb[f], d[f], Kt[f], Pt[f])
     return volume
 

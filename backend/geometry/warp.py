@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.splat import MODES, check_splat_inputs, splat
+from kernels.splat import check_splat_inputs, splat
 
 
 class WarpResult(NamedTuple):
@@ -38,8 +38,9 @@ def _check_camera(name: str, t: Tensor, intrinsics: bool) -> None:
         raise ValueError(f"{name} must have a last row of [0, 0, 0, 1]")
 
 
-def _validate(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, hole_dilation) -> None:
-    """Every check before any work; each error names the offending field."""
+def _validate(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, hole_dilation) -> None:
+    """Every check before any work (splat checks mode and edge_threshold on entry); each error names the
+    offending field."""
     if not isinstance(image, Tensor) or image.ndim != 4:
         raise ValueError(f"image must be a (B, C, H, W) tensor, got {getattr(image, 'shape', type(image))}")
     if not image.is_floating_point():
@@ -52,8 +53,6 @@ def _validate(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, hole_d
         _check_camera(name, t, intrinsics=True)
     for name, t in (("c2w_src", c2w_src), ("c2w_tgt", c2w_tgt)):
         _check_camera(name, t, intrinsics=False)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(hole_dilation, bool) or not isinstance(hole_dilation, int) or hole_dilation < 0:
         raise ValueError(f"hole_dilation must be an int >= 0, got {hole_dilation!r}")
 
@@ -87,7 +86,7 @@ def warp_rgbd(
     mode: 'nearest' (z-buffer) or 'soft' (depth-aware bilinear); hole_dilation: grow holes by this
     many pixels; edge_threshold: relative depth jump that marks flying pixels (kernels.splat).
     """
-    _validate(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, hole_dilation)
+    _validate(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, hole_dilation)
     res = splat(image, depth, K_src, c2w_src, K_tgt, c2w_tgt, tuple(out_hw), mode, edge_threshold)
     mask = dilate_holes(res.mask, hole_dilation)  # (B, V, Ht, Wt)
     if hole_dilation == 0:

@@ -12,7 +12,6 @@ clip of one frame.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from backend.data.clips import Clip, frame_name, read_frames, write_clip, write_
 from .bundle import ModelBundle
 from .chain import chain_depth, depth_code_to_depth, sample_windows
 from .cli_common import add_model_args, add_sampling_args, bundle_from_args, progress_bar, sampling_kwargs
-from .engine import Progress, no_progress, windows, working_size
+from .engine import Progress, model_multiple, no_progress, windows, working_size
 
 DEPTH_OVERLAP = 2  # frames shared by consecutive windows (capped at window − 1)
 VIS_DIR = "depth_vis"  # clip sub-folder of colourised depth PNGs written by the CLI
@@ -61,7 +60,7 @@ def check_frames(name: str, frames: np.ndarray) -> np.ndarray:
 def plan_windows(bundle: ModelBundle, frames: int, height: int, width: int,
                  overlap: int) -> tuple[tuple[int, int], list[range]]:
     """Working size (h, w) and window spans for a clip; ValueError when a long clip cannot be chained."""
-    size = working_size(height, width, bundle.area, math.lcm(bundle.cfg.patch[1], bundle.cfg.patch[2]))
+    size = working_size(height, width, bundle.area, model_multiple(bundle))
     if frames > bundle.window and bundle.window < 2:
         raise ValueError(f"bundle.window={bundle.window} leaves no overlap to chain {frames} frames")
     return size, windows(frames, bundle.window, min(overlap, bundle.window - 1))

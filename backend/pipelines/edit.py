@@ -41,7 +41,7 @@ from backend.model.tokenizer import TokenLayout
 
 from .bundle import ModelBundle
 from .cli_common import add_model_args, add_sampling_args, bundle_from_args, progress_bar, sampling_kwargs
-from .engine import Progress, complete, no_progress, rgb_from_model, rgb_to_model, working_size
+from .engine import Progress, complete, model_multiple, no_progress, rgb_from_model, rgb_to_model, working_size
 from .track import TrackConfig, dilate_mask, edit_region, track_mask
 
 CONTEXT = 2  # already-edited frames carried as clean context into each later window (besides frame 0)
@@ -166,8 +166,7 @@ def propagate_edit(bundle: ModelBundle, video: np.ndarray, edited: np.ndarray, *
     if F == 1:
         progress(1.0, "done")
         return EditResult(out, masks)
-    ph, pw = bundle.cfg.patch[1:]
-    size = working_size(H, W, bundle.area, math.lcm(ph, pw))
+    size = working_size(H, W, bundle.area, model_multiple(bundle))
     current = rgb_to_model(out, size, bundle.device)[0]  # (F, 3, h, w)
     m = torch.as_tensor(masks, device=bundle.device).float()[:, None]  # (F, 1, H, W)
     masks_w = torch.nn.functional.interpolate(m, size=size, mode="area")[:, 0] > 0  # (F, h, w): any masked pixel

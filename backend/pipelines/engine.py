@@ -35,6 +35,16 @@ def no_progress(fraction: float, message: str = "") -> None:
     """The default progress callback: ignore."""
 
 
+def sub_progress(progress: Progress, lo: float, hi: float) -> Progress:
+    """progress for a sub-task that reports fractions in [0, 1], mapped onto [lo, hi]."""
+    return lambda f, msg="": progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)
+
+
+def model_multiple(bundle: ModelBundle) -> int:
+    """Working sizes must be multiples of the patch's height and width."""
+    return math.lcm(bundle.cfg.patch[1], bundle.cfg.patch[2])
+
+
 def working_size(height: int, width: int, area: int, multiple: int) -> tuple[int, int]:
     """(h, w) with the aspect ratio of (height, width), about `area` pixels, both multiples of `multiple`."""
     if height < 1 or width < 1:

@@ -39,14 +39,15 @@ from .bundle import ModelBundle
 from .engine import (
     Progress,
     complete,
+    model_multiple,
     no_progress,
     rays_to_model,
     rgb_from_model,
     rgb_to_model,
     scale_intrinsics,
+    sub_progress,
     working_size,
 )
-from .nvs import model_multiple, sub_progress
 
 # Stochastic conditioning τ for the clean endpoints (and keyframes), as in the NVS job (nvs.NVSConfig).
 COND_THRESHOLD = 0.2

@@ -1,9 +1,9 @@
 """Fuse a clip with depth and cameras into a coloured triangle mesh.
 
 TSDF fusion (Curless & Levoy 1996, in KinectFusion's projective form) and marching cubes (Lorensen &
-Cline 1987) live in backend/geometry/tsdf.py; this job validates the inputs, sizes the voxel grid,
-integrates frame by frame so progress is reported and a cancel lands between frames, and extracts the
-mesh. The NVS job's optional mesh and the add-on's "import mesh" both come through here.
+Cline 1987) live in backend/geometry/tsdf.py (as does the voxel-sizing rule); this job validates the
+inputs, fuses with a per-frame progress callback so progress is reported and a cancel lands between
+frames, and extracts the mesh. The NVS job's optional mesh and the add-on's "import mesh" both come through here.
 """
 
 from __future__ import annotations
@@ -13,19 +13,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from backend.data.clips import read_clip
 from backend.data.ply import write_ply
 from backend.geometry.cameras import Cameras
-from backend.geometry.tsdf import TSDFVolume, extract_mesh, integrate, scene_bounds
+from backend.geometry.tsdf import extract_mesh, fuse
 
 from .cli_common import progress_bar
 from .engine import Progress, no_progress
-
-AUTO_VOXELS = 160  # auto voxel size: the scene's largest extent over this many voxels
-MAX_VOXELS = 4_000_000  # the grid is coarsened until it holds at most this many voxels
-TRUNC_VOXELS = 4  # truncation distance in voxels
 
 
 @dataclass
@@ -70,35 +65,15 @@ def _validate(images, depth, K, c2w, voxel) -> Cameras:
     return cams
 
 
-def empty_volume(depth: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, voxel: float = 0.0) -> TSDFVolume:
-    """An empty grid around the unprojected depth (robust bounds plus a truncation margin).
-
-    voxel 0 picks the largest extent / AUTO_VOXELS; any voxel is coarsened until the grid holds at most
-    MAX_VOXELS, so a tiny voxel on a big scene cannot exhaust memory.
-    """
-    lo, hi = scene_bounds(depth, K, c2w)
-    extent = (hi - lo).clamp(min=1e-6)
-    size = float(voxel) if voxel > 0 else float(extent.max()) / AUTO_VOXELS
-    size = max(size, float((extent.prod() / MAX_VOXELS) ** (1 / 3)))
-    margin = TRUNC_VOXELS * size
-    return TSDFVolume.empty(lo - margin, hi + margin, size, trunc=TRUNC_VOXELS * size)
-
-
 def fuse_mesh(images: np.ndarray, depth: np.ndarray, K: np.ndarray, c2w: np.ndarray, *, voxel: float = 0.0,
               progress: Progress = no_progress) -> MeshResult:
     """TSDF-fuse images (F, H, W, 3) uint8 with depth (F, H, W) (0 = unknown), K (F, 3, 3) and
-    c2w (F, 4, 4) (OpenCV axes, continuous pixels) into a coloured mesh. voxel 0 = auto."""
+    c2w (F, 4, 4) (OpenCV axes, continuous pixels) into a coloured mesh. voxel 0 = auto (tsdf.fuse's
+    sizing rule). Progress is reported per frame, so a cancel lands between frames."""
     cams = _validate(images, depth, K, c2w, voxel)
-    F = len(images)
-    d = torch.as_tensor(np.asarray(depth, np.float32))  # (F, H, W)
-    Kt = torch.as_tensor(cams.K, dtype=torch.float32)  # (F, 3, 3)
-    Pt = torch.as_tensor(cams.c2w, dtype=torch.float32)  # (F, 4, 4)
     progress(0.0, "sizing the volume")
-    volume = empty_volume(d, Kt, Pt, float(voxel))
-    rgb = torch.as_tensor(images).float() / 255  # (F, H, W, 3)
-    for f in range(F):
-        progress(0.05 + 0.85 * f / F, f"fusing frame {f + 1}/{F}")
-        integrate(volume, rgb[f], d[f], Kt[f], Pt[f])
+    volume = fuse(images, depth, cams.K, cams.c2w, voxel_size=float(voxel) or None,
+                  progress=lambda f, n: progress(0.05 + 0.85 * f / n, f"fusing frame {f + 1}/{n}"))
     progress(0.9, "extracting the mesh")
     vertices, faces, colors = extract_mesh(volume)
     progress(1.0, f"{len(vertices)} vertices, {len(faces)} faces")

@@ -43,11 +43,13 @@ from .bundle import ModelBundle
 from .engine import (
     Progress,
     complete,
+    model_multiple,
     no_progress,
     rays_to_model,
     resize_depth,
     rgb_to_model,
     scale_intrinsics,
+    sub_progress,
     working_size,
 )
 
@@ -142,16 +144,6 @@ def _check_inputs(image, K, c2w, width, height, depth_scale, samples, steps) -> 
     h, w = int(height) or image.shape[0], int(width) or image.shape[1]
     cams = Cameras(np.asarray(K), np.asarray(c2w), w, h)  # validates K, c2w (shapes, NaN, rigidity)
     return cams, (h, w)
-
-
-def sub_progress(progress: Progress, lo: float, hi: float) -> Progress:
-    """progress for a sub-task that reports fractions in [0, 1], mapped onto [lo, hi]."""
-    return lambda f, msg="": progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), msg)
-
-
-def model_multiple(bundle: ModelBundle) -> int:
-    """Working sizes must be multiples of the patch's height and width."""
-    return math.lcm(bundle.cfg.patch[1], bundle.cfg.patch[2])
 
 
 def _estimate_with_model(bundle: ModelBundle, image: np.ndarray, steps: int, seed: int, sampler: str,
@@ -384,16 +376,17 @@ def _outputs(image, depth, cams, norm, st, out_hw, cfg, chunk: int, progress: Pr
     return images, depths, visible
 
 
-def _fuse(images: np.ndarray, depths: np.ndarray, d_src: np.ndarray, cams: Cameras,
-          cfg: NVSConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TSDF mesh of the views (backend/geometry/tsdf.py). Generated depth beyond `mesh_far` times the
+def _fuse(images: np.ndarray, depths: np.ndarray, d_src: np.ndarray, cams: Cameras, cfg: NVSConfig,
+          progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TSDF mesh of the views (the mesh job, pipelines/mesh.py). Generated depth beyond `mesh_far` times the
     farthest source depth is left out: the views show the source's scene, and a saturated depth code
     (sky, an undecided hole) would otherwise stretch the volume's bounds and coarsen every voxel."""
-    from backend.geometry.tsdf import extract_mesh, fuse
+    from .mesh import fuse_mesh
 
     far = cfg.mesh_far * float(d_src.max())
     d = np.where(depths <= far, depths, 0.0).astype(np.float32)
-    return extract_mesh(fuse(images, d, cams.K, cams.c2w))
+    res = fuse_mesh(images, d, cams.K, cams.c2w, progress=progress)
+    return res.vertices, res.faces, res.colors
 
 
 def novel_views(bundle: ModelBundle, image: np.ndarray, K: np.ndarray, c2w: np.ndarray, *, width: int = 0,
@@ -420,7 +413,8 @@ def novel_views(bundle: ModelBundle, image: np.ndarray, K: np.ndarray, c2w: np.n
     result = NVSResult(images, depths, cams.K, cams.c2w, visible, norm.scale, estimated, scores)
     if mesh:
         progress(0.95, "fusing the mesh")
-        result.vertices, result.faces, result.colors = _fuse(images, depths, d_src, cams, cfg)
+        result.vertices, result.faces, result.colors = _fuse(images, depths, d_src, cams, cfg,
+                                                              sub_progress(progress, 0.95, 1.0))
     progress(1.0, "novel views done")
     return result
 
