@@ -124,12 +124,15 @@ def test_training_masks_respect_geometry_and_availability(tmp_path, rendered_cli
     assert not m.available[:, 1:].any()
     for name in ("depth", "rays"):
         assert (m.task_sigma[:, tr_layout.modality_slice(name)] == 1).all()
-    # with geometry, the warp mask observes exactly the fully visible RGB patches and every ray
+    # with geometry, the warp mask observes exactly the fully visible RGB and depth patches (as the nvs
+    # job does), generates every other patch whole, and gives every ray
     batch = collate([data[i] for i in range(2)])
     m = training_masks(tr_layout, batch, only_warp, torch.Generator().manual_seed(0))
     frac = tr_layout.pixel_mask_to_tokens(batch["warp_visible"])
-    rgb = m.task_sigma[:, tr_layout.modality_slice("rgb")]
-    assert torch.equal(rgb == 0, frac >= 1) and (m.task_sigma[:, tr_layout.modality_slice("rays")] == 0).all()
+    for name in ("rgb", "depth"):
+        level = m.task_sigma[:, tr_layout.modality_slice(name)]
+        assert torch.equal(level == 0, frac >= 1) and torch.equal(level == 1, frac < 1)
+    assert (m.task_sigma[:, tr_layout.modality_slice("rays")] == 0).all()
 
 
 def test_bad_config_names_the_field(tmp_path):

@@ -40,7 +40,7 @@ class FlowConfig:
     shift: float = 3.0  # timestep shift of the training levels (SD3 §5.3.2; the 4D system uses 3)
     modality_weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # loss weight per modality, MODALITIES order
     context_noise_prob: float = 0.5  # training: chance a sample's observed tokens are noised at all
-    context_noise_max: float = 0.1  # training: their level ~ U(0, max), capped by the sample's level
+    context_noise_max: float = 0.2  # training: their level ~ U(0, max), capped by the sample's level
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:

@@ -154,11 +154,14 @@ def random_patches(
 
 
 def from_pixel_mask(
-    layout: TokenLayout, visible: Tensor, modality: str = "rgb", partial: float = 0.5
+    layout: TokenLayout, visible: Tensor, modality: str = "rgb", partial: float = 1.0
 ) -> TaskMask:
     """Per-pixel visibility (B, F, H, W) — a warp's valid mask, a tracked region's complement — to
     per-token levels for one modality: fully visible patches observed (0), patches with no visible
-    pixel generated (1), partly visible ones start at `partial`. Other modalities are generated."""
+    pixel generated (1), partly visible ones start at `partial`. The default 1 generates them: at
+    inference their hidden pixels hold a filler (the warp's hole value), while in training they would
+    hold the truth, so a level below 1 would teach the model to trust pixels it never has. Other
+    modalities are generated."""
     _check_modality(modality)
     if not 0.0 <= partial <= 1.0:
         raise ValueError(f"partial must be in [0, 1], got {partial}")

@@ -63,7 +63,7 @@ class NVSConfig:
     # late enough that the layout is fixed by the observations, early enough that seams can still
     # settle (the published system trains with context "clean or at a low level").
     cond_threshold: float | None = 0.2
-    partial: float = 0.5  # starting level of a partly visible patch (its visible pixels are observed)
+    partial: float = 1.0  # starting level of a partly visible patch; 1 as in training (masks.from_pixel_mask)
     hole_dilation: int = 1  # grow warp holes by this many pixels (working and full resolution)
     edge_threshold: float | None = 0.1  # relative depth jump that drops flying pixels from the splat
     feather: float = 1.5  # Gaussian sigma (output pixels) of the seam, reaching into the holes only

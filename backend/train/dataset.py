@@ -42,6 +42,8 @@ from backend.geometry.projection import project_points, unproject_depth
 from backend.geometry.rays import ray_map
 from backend.geometry.warp import warp_rgbd
 
+NVS_HOLE_DILATION = 1  # as backend/pipelines/nvs.py NVSConfig.hole_dilation: train on the holes the job makes
+
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
@@ -245,7 +247,7 @@ def warp_visibility(depth_n: Tensor, K: Tensor, c2w_n: Tensor) -> Tensor:
     _, h, w = depth_n.shape
     ones = torch.ones(1, 1, h, w)
     res = warp_rgbd(ones, depth_n[:1].float(), K[:1].float(), c2w_n[:1].float(), K[None, 1:].float(),
-                    c2w_n[None, 1:].float(), (h, w))
+                    c2w_n[None, 1:].float(), (h, w), hole_dilation=NVS_HOLE_DILATION)
     return torch.cat([torch.ones(1, h, w, dtype=torch.bool), res.mask[0]], dim=0)  # (F, h, w)
 
 

@@ -137,8 +137,8 @@ def model_metadata(cfg: TrainConfig, step: int) -> dict:
 
 
 def _warp_mask(layout: TokenLayout, visible: Tensor) -> masks.TaskMask:
-    """Novel views: RGB observed where frame 0 warps (partially visible patches half noisy), rays given."""
-    m = masks.from_pixel_mask(layout, visible, "rgb")
+    """Novel views as the nvs job asks: RGB and depth observed where frame 0 warps, all rays given."""
+    m = masks.combine(masks.from_pixel_mask(layout, visible, "rgb"), masks.from_pixel_mask(layout, visible, "depth"))
     sigma = m.task_sigma.clone()
     sigma[:, layout.modality_slice("rays")] = 0.0
     return masks.TaskMask(sigma, m.available)
