@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class _Work:
     arrays: dict[str, np.ndarray]
     params: dict[str, Any]
     cancel: threading.Event = field(default_factory=threading.Event)
+    started: bool = False  # set by the worker under the queue's lock when it takes the job
 
 
 class JobQueue:
@@ -151,12 +152,17 @@ class JobQueue:
         return status
 
     def cancel(self, job_id: str) -> bool:
-        """Ask a queued or running job to stop. Returns False when it is not active."""
+        """Stop a job: a queued one is cancelled at once, a running one at its next progress report.
+
+        Returns False when the job is not active (unknown, or already finished).
+        """
         with self._lock:
             work = self._work.get(job_id)
-        if work is None:
-            return False
-        work.cancel.set()
+            if work is None:
+                return False
+            work.cancel.set()
+            if not work.started:  # nobody else touches its status until the worker skips it
+                self._finish(work.status, "cancelled", "cancelled", "cancelled")
         return True
 
     def pending(self) -> int:
@@ -170,8 +176,23 @@ class JobQueue:
         self._queue.put(None)
         self._thread.join(timeout)
 
+    def _finish(self, status: JobStatus, state: str, message: str, code: str | None) -> None:
+        status.state, status.message, status.error_code, status.finished = state, message, code, time.time()
+        self._publish(status)
+
+    def _publish(self, status: JobStatus) -> None:
+        """Write status.json, then hand the server a snapshot (the worker goes on mutating `status`)."""
+        self.store.write_status(status)
+        self.notify(replace(status))
+
     def _loop(self) -> None:
         while (work := self._queue.get()) is not None:
+            with self._lock:
+                work.started = not work.cancel.is_set()
+            if not work.started:  # cancelled while queued: already reported
+                with self._lock:
+                    self._work.pop(work.status.id, None)
+                continue
             try:
                 self._run(work)
             finally:
@@ -185,24 +206,19 @@ class JobQueue:
             if work.cancel.is_set():
                 raise JobCancelled
             status.progress, status.message = float(min(max(fraction, 0.0), 1.0)), text
-            self.store.write_status(status)
-            self.notify(status)
+            self._publish(status)
 
         try:
-            if work.cancel.is_set():
-                raise JobCancelled
             status.state = "running"
             progress(0.0, "started")
             arrays, params = self.runners[status.job_type](work.arrays, work.params, progress)
             self.store.write_result(status.id, arrays, params)
-            status.state, status.progress, status.message = "done", 1.0, "done"
+            status.progress = 1.0
+            self._finish(status, "done", "done", None)
         except JobCancelled:
-            status.state, status.message, status.error_code = "cancelled", "cancelled", "cancelled"
+            self._finish(status, "cancelled", "cancelled", "cancelled")
         except (ValueError, FileNotFoundError) as exc:
-            status.state, status.message, status.error_code = "failed", str(exc), "invalid_input"
+            self._finish(status, "failed", str(exc), "invalid_input")
         except Exception as exc:  # a failing job must never take the server down
             traceback.print_exc()
-            status.state, status.message, status.error_code = "failed", f"{type(exc).__name__}: {exc}", "internal"
-        status.finished = time.time()
-        self.store.write_status(status)
-        self.notify(status)
+            self._finish(status, "failed", f"{type(exc).__name__}: {exc}", "internal")

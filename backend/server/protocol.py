@@ -59,6 +59,7 @@ class Limits:
     max_frames: int = 512  # frames per job
     max_pixels: int = 4096 * 4096  # pixels per frame
     max_points: int = 50_000_000  # points in a point-cloud input
+    max_output_pixels: int = 1 << 28  # frames × pixels a job may produce (~2 GB of RGB + depth)
 
 
 @dataclass
@@ -167,7 +168,10 @@ def _parse_array(desc: Any, buf: bytes) -> tuple[str, np.ndarray]:
     if expected != len(buf):
         raise ProtocolError(INVALID_INPUT, f"array {name!r}: shape {shape} × {dtype} needs {expected} "
                             f"bytes, buffer has {len(buf)}")
-    return name, np.frombuffer(buf, dtype=dtype).reshape(shape)
+    try:
+        return name, np.frombuffer(buf, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # e.g. [0, 10**30]: zero bytes, but numpy refuses the dimension
+        raise ProtocolError(INVALID_INPUT, f"array {name!r}: shape {shape} is not representable: {exc}") from None
 
 
 def error_message(code: str, text: str, id: str | None = None, job: str | None = None) -> Message:

@@ -64,7 +64,14 @@ class Server:
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._auth = None
-        self.socket = self._bind()
+        try:
+            self.socket = self._bind()
+        except BaseException:  # no half-started server: stop the worker, the authenticator, the context
+            self.jobs.close()
+            if self._auth is not None:
+                self._auth.stop()
+            self._ctx.destroy(linger=0)
+            raise
 
     def _bind(self) -> zmq.Socket:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -188,8 +195,14 @@ class Server:
             identity = self._owners.get(status.id)
             if status.state in ("done", "failed", "cancelled"):
                 self._owners.pop(status.id, None)
-            if identity is not None:
-                self._send(identity, self._event_message(status))
+            if identity is None:
+                continue
+            try:
+                event = self._event_message(status)
+            except Exception as exc:  # e.g. the result vanished from disk: tell the client, keep serving
+                event = P.error_message(P.INTERNAL, f"cannot read the result: {type(exc).__name__}: {exc}",
+                                        job=status.id)
+            self._send(identity, event)
 
     def _event_message(self, status: JobStatus) -> P.Message:
         if status.state == "done":

@@ -96,7 +96,37 @@ def validate_job(msg: Message, limits: Limits | None = None) -> tuple[str, dict[
                             f"got {job_type!r}")
     spec = JOB_SPECS[job_type]
     arrays = _check_arrays(job_type, spec, msg.arrays, limits)
-    return job_type, arrays, _check_params(job_type, spec, params)
+    params = _check_params(job_type, spec, params)
+    _check_outputs(job_type, arrays, params, limits)
+    return job_type, arrays, params
+
+
+MAX_ASPECT = 32  # longest side / shortest side of any frame, in or out
+
+
+def _check_outputs(job: str, arrays: dict[str, np.ndarray], params: dict, limits: Limits) -> None:
+    """Bound what a job will produce (before it is queued), not only what it receives."""
+    frames, (h, w) = _output_shape(job, arrays, params)
+    if job == "interpolate" and "K" in arrays and params["frames"] != len(arrays["K"]):
+        raise ProtocolError(INVALID_INPUT, f"interpolate.frames={params['frames']} but {len(arrays['K'])} "
+                            "cameras were given")
+    if h * w > limits.max_pixels:
+        raise ProtocolError(TOO_LARGE, f"{job}: output frame {w}x{h} over {limits.max_pixels} pixels")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ProtocolError(INVALID_INPUT, f"{job}: frame {w}x{h} has an aspect ratio over {MAX_ASPECT}:1")
+    if frames * h * w > limits.max_output_pixels:
+        raise ProtocolError(TOO_LARGE, f"{job}: {frames} frames of {w}x{h} exceed the output budget of "
+                            f"{limits.max_output_pixels} pixels")
+
+
+def _output_shape(job: str, arrays: dict[str, np.ndarray], params: dict) -> tuple[int, tuple[int, int]]:
+    if job == "nvs":
+        H, W = arrays["image"].shape[:2]
+        return len(arrays["K"]), (params["height"] or H, params["width"] or W)
+    if job == "interpolate":
+        return params["frames"], arrays["first"].shape[:2]
+    key = "video" if "video" in arrays else "images"
+    return arrays[key].shape[0], arrays[key].shape[1:3]
 
 
 def _check_arrays(job: str, spec: JobSpec, given: dict[str, np.ndarray], limits: Limits) -> dict:
