@@ -72,6 +72,19 @@ def test_cameras_are_clean_and_returned(bundle, clip):
         interpolate(bundle, clip.images[0], clip.images[-1], frames=4, K=cams.K[[0, 2, 5, 7]], c2w=bad, **RUN)
 
 
+def test_scene_units_do_not_change_the_frames(bundle, clip):
+    """Cameras in centimetres instead of metres give the same frames, and depth 100× larger: the clip
+    is normalised by its camera baseline, as training normalises depth-less clips."""
+    idx = [0, 2, 5, 7]
+    K, c2w = clip.cameras.K[idx], clip.cameras.c2w[idx]
+    cm = c2w.copy()
+    cm[:, :3, 3] *= 100
+    m = interpolate(bundle, clip.images[0], clip.images[-1], frames=4, K=K, c2w=c2w, seed=3, **RUN)
+    c = interpolate(bundle, clip.images[0], clip.images[-1], frames=4, K=K, c2w=cm, seed=3, **RUN)
+    np.testing.assert_array_equal(m.images, c.images)
+    np.testing.assert_allclose(c.depth, 100 * m.depth, rtol=1e-4)
+
+
 def test_bad_inputs_name_the_field(bundle, clip):
     img = clip.images[0]
     with pytest.raises(ValueError, match="last"):

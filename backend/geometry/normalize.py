@@ -117,6 +117,16 @@ def median_valid_depth(depth: Tensor) -> float | None:
     return float((vals[(n - 1) // 2] + vals[n // 2]) / 2)
 
 
+def baseline_scale(c2w: Tensor) -> float:
+    """The scale of a clip without depth: the largest camera distance from the first camera, else 1.
+
+    Training normalises depth-less windows with it, so jobs given cameras but no depth must too: the
+    ray moments then have the range the model learned, whatever units the user's scene is in.
+    """
+    spread = float((c2w[:, :3, 3] - c2w[:1, :3, 3]).norm(dim=-1).max())
+    return spread if spread > 1e-6 else 1.0
+
+
 def clip_normalization(depth: Tensor | None, c2w: Tensor, scale: float | None = None) -> ClipNormalization:
     """The normalisation of one clip.
 

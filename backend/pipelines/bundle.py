@@ -87,10 +87,16 @@ def load_bundle(checkpoint: str | Path | None = None, device: str = "auto", pres
         bundle = ModelBundle(model=model, cfg=cfg, flow=flow, device=dev, name=path.name, trained=True,
                              window=int(extra.get("window", 8)), area=int(extra.get("area", 64 * 64)), meta=extra)
     else:
-        cfg = preset(preset_name)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = DiT(cfg)
-        bundle = ModelBundle(model=model.to(dev), cfg=cfg, device=dev, name=preset_name, trained=False)
+        bundle = random_bundle(preset_name, dev, seed)
     bundle.model.eval().requires_grad_(False)
     return bundle
+
+
+def random_bundle(preset_name: str = "tiny", device: torch.device | str = "cpu", seed: int = 0) -> ModelBundle:
+    """An untrained model of `preset_name`, seeded (the stand-in until a checkpoint exists, and for tests)."""
+    cfg = preset(preset_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DiT(cfg)
+    model.eval().requires_grad_(False)
+    return ModelBundle(model=model.to(device), cfg=cfg, device=torch.device(device), name=preset_name, trained=False)

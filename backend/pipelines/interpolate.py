@@ -2,10 +2,11 @@
 
 The first and last frames' RGB are clean (masks.endpoints), everything else is generated; with
 cameras (K, c2w per frame) every frame's rays are clean too. The depth of the two images is unknown,
-so the clip scale cannot come from it: given cameras are normalised with scale s = 1 (translations
-stay in the cameras' own units, relative to the first camera) and the model is trusted to generate
-depth in those units; the returned depth is in the same units. Without cameras the depth is in the
-normalised unit of a scale-1 clip (relative depth only).
+so the clip scale comes from the cameras, exactly as training normalises depth-less clips: s = the
+largest camera distance from the first camera (geometry.normalize.baseline_scale). The ray moments
+then have the range the model learned whatever the scene's units, and the returned depth is decoded
+back to the cameras' own units. Without cameras the depth is in the normalised unit of a scale-1 clip
+(relative depth only).
 
 More frames than the model's window are generated hierarchically (keyframes first, as in the
 coarse-to-fine "temporal interpolation" stages of video diffusion systems): a coarse pass generates
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from backend.diffusion import masks
 from backend.geometry.cameras import Cameras, cameras_from_transforms
-from backend.geometry.normalize import ClipNormalization, clip_normalization
+from backend.geometry.normalize import ClipNormalization, baseline_scale, clip_normalization
 from backend.model.tokenizer import TokenLayout
 
 from .bundle import ModelBundle
@@ -181,8 +182,9 @@ def interpolate(bundle: ModelBundle, first: np.ndarray, last: np.ndarray, *, fra
     frames = int(frames)
     if cams is None:
         norm = ClipNormalization(1.0, torch.eye(4, dtype=torch.float64))
-    else:  # no depth yet: scale 1 keeps the cameras' own units (module docstring)
-        norm = clip_normalization(None, torch.as_tensor(cams.c2w), scale=1.0)
+    else:  # no depth: the camera baseline sets the scale, exactly as training does for depth-less clips
+        c2w_t = torch.as_tensor(cams.c2w)
+        norm = clip_normalization(None, c2w_t, scale=baseline_scale(c2w_t))
     st = _initial_state(bundle, first, last, frames, cams, norm)
     groups = plan_groups(frames, bundle.window)
     gen = torch.Generator().manual_seed(int(seed))

@@ -231,7 +231,8 @@ def _working_state(bundle: ModelBundle, image: np.ndarray, depth: np.ndarray, ca
                      hole_dilation=cfg.hole_dilation, edge_threshold=cfg.edge_threshold)
     rgb, wdepth, visible = warp.color[0], warp.depth[0], warp.mask[0].clone()  # (F, 3, h, w), (F, h, w) ×2
     rgb[0], wdepth[0], visible[0] = src[0], d_src[0], True
-    code = norm.normalize_depth(wdepth)[0][:, None]  # (F, 1, h, w); holes get a placeholder the mask hides
+    # (F, 1, h, w): unknown source depth is "far" (-1) as in training; warp holes are generated anyway
+    code = norm.normalize_depth(wdepth, fill=-1.0)[0][:, None]
     rays = rays_to_model(scale_intrinsics(cams.K, out_hw, size), cams.c2w, norm, size, dev)[0]
     c2w_n = norm.normalize_poses(torch.as_tensor(cams.c2w, dtype=torch.float64)).float().to(dev)
     return _Working(rgb, code, visible, rays, Kw.float(), c2w_n)

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from backend.data.clips import IMAGE_EXTS, IMAGES_DIR, TRANSFORMS_FILE, read_clip, read_frames, read_image
 from backend.geometry.cameras import cameras_from_transforms
-from backend.geometry.normalize import clip_normalization
+from backend.geometry.normalize import baseline_scale, clip_normalization
 from backend.geometry.projection import project_points, unproject_depth
 from backend.geometry.rays import ray_map
 from backend.geometry.warp import warp_rgbd
@@ -341,8 +341,7 @@ class ClipDataset(Dataset):
         Fr, h, w = cfg.frames, cfg.height, cfg.width
         scale = None
         if depth is None:  # no depth: a scale from the camera baseline, else 1
-            spread = 0.0 if c2w is None else float((c2w[:, :3, 3] - c2w[:1, :3, 3]).norm(dim=-1).max())
-            scale = spread if spread > 1e-6 else 1.0
+            scale = 1.0 if c2w is None else baseline_scale(c2w)
         pose = c2w if c2w is not None else torch.eye(4, dtype=torch.float64).expand(Fr, 4, 4)
         norm = clip_normalization(depth, pose, scale=scale)
         out = {"rgb": rgb.float(), "scale": torch.tensor(norm.scale, dtype=torch.float64)}
