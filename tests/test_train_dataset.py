@@ -83,6 +83,27 @@ def test_transforms_scene_without_depth(tmp_path, rendered_clip):
     assert s["available"].tolist() == [True, False, True]
 
 
+def test_nerf_synthetic_scene(tmp_path, rendered_clip):
+    """NeRF-synthetic layout: transforms_train.json, camera_angle_x, no w/h, paths without extension,
+    unpadded names (r_2 before r_10)."""
+    clip = read_clip(rendered_clip)
+    scene = tmp_path / "lego"
+    (scene / "train").mkdir(parents=True)
+    order = [0, 1, 2, 3, 4, 5, 6, 7]
+    names = [f"train/r_{i * 5}" for i in order]  # r_0, r_5, r_10, ... : lexical order would break them
+    tf = cameras_to_transforms(clip.cameras, [n + ".png" for n in names])
+    fx, W = clip.cameras.K[0, 0, 0], clip.cameras.width
+    frames = [{"file_path": n, "transform_matrix": f["transform_matrix"]} for n, f in zip(names, tf["frames"])]
+    data = {"camera_angle_x": float(2 * np.arctan(W / (2 * fx))), "frames": frames}
+    for i, n in zip(order, names):
+        write_image(scene / (n + ".png"), clip.images[i])
+    (scene / "transforms_train.json").write_text(json.dumps(data))
+    [src] = load_sources([str(scene)], DataConfig(frames=4, height=24, width=32, max_source_factor=8))
+    assert src.images.shape[0] == 8
+    np.testing.assert_allclose(src.c2w, clip.cameras.c2w, atol=1e-9)  # capture order kept
+    assert abs(src.K[0, 0, 0] / src.K[0, 0, 2] - fx / (W / 2)) < 1e-6  # focal from the angle, centred
+
+
 def test_crop_intrinsics_known_answer():
     K = torch.tensor([[50.0, 0, 32], [0, 50, 24], [0, 0, 1]], dtype=torch.float64)
     K2 = crop_intrinsics(K, (8, 4, 32, 24), (48, 64))  # crop at (8, 4) of 32×24, resize ×2

@@ -140,5 +140,7 @@ def test_bad_config_names_the_field(tmp_path):
         _cfg(tmp_path, height=30)
     with pytest.raises(ValueError, match="mask_weights"):
         _cfg(tmp_path, mask_weights=(1.0,))
+    with pytest.raises(ValueError, match="outside warp"):  # a depth-less sample could draw nothing
+        _cfg(tmp_path, mask_weights=tuple(1.0 if n == "warp" else 0.0 for n in MASK_NAMES))
     with pytest.raises(ValueError, match="preset"):
         _cfg(tmp_path, preset="huge")

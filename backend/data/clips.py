@@ -55,7 +55,7 @@ def depth_relpath(i: int) -> str:
     return f"{DEPTH_DIR}/{frame_name(i, '.npy')}"
 
 
-def _natural_key(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key where digit runs compare as numbers ('frame_2' < 'frame_10'); equals plain order for NNNN."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
@@ -63,7 +63,7 @@ def _natural_key(name: str) -> list:
 def list_images(folder: str | os.PathLike) -> list[str]:
     """Image file names in `folder` (by extension), in natural name order."""
     names = [n for n in os.listdir(folder) if os.path.splitext(n)[1].lower() in IMAGE_EXTS]
-    return sorted(names, key=_natural_key)
+    return sorted(names, key=natural_key)
 
 
 # ----------------------------------------------------------------------------------------------------

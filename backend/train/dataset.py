@@ -35,7 +35,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from backend.data.clips import IMAGE_EXTS, IMAGES_DIR, TRANSFORMS_FILE, read_clip, read_frames, read_image
+from backend.data.clips import (
+    IMAGE_EXTS,
+    IMAGES_DIR,
+    TRANSFORMS_FILE,
+    natural_key,
+    read_clip,
+    read_frames,
+    read_image,
+)
 from backend.geometry.cameras import cameras_from_transforms
 from backend.geometry.normalize import baseline_scale, clip_normalization
 from backend.geometry.projection import project_points, unproject_depth
@@ -128,16 +136,29 @@ def _resolve_image(folder: str, rel: str) -> str:
     raise ValueError(f"{os.path.join(folder, TRANSFORMS_FILE)}: image {rel!r} not found")
 
 
+def _transforms_file(path: str) -> str | None:
+    """transforms.json, else NeRF-synthetic's transforms_train.json, in `path`."""
+    for name in (TRANSFORMS_FILE, "transforms_train.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    return None
+
+
 def _transforms_scene(path: str) -> SourceClip:
     """A nerfstudio / NeRF-synthetic folder: transforms.json + the images it names (no depth).
 
-    Frames are taken in file-name order (capture order for video-derived scenes); images decoded at a
-    size other than the json's (w, h) (e.g. a downscaled images_2/) get their intrinsics scaled.
+    Frames are taken in natural file-name order (capture order for video-derived scenes: frame_2
+    before frame_10); images decoded at a size other than the json's (w, h) (e.g. a downscaled
+    images_2/) get their intrinsics scaled. NeRF-synthetic files give no (w, h): the first image does.
     """
-    tf = os.path.join(path, TRANSFORMS_FILE)
-    with open(tf, encoding="utf-8") as f:
-        cams, rels = cameras_from_transforms(json.load(f))
-    order = sorted(range(len(rels)), key=lambda i: rels[i])
+    with open(_transforms_file(path), encoding="utf-8") as f:
+        data = json.load(f)
+    frames = data.get("frames") or []
+    if ("w" not in data or "h" not in data) and frames and "w" not in frames[0]:
+        h, w = read_image(_resolve_image(path, frames[0].get("file_path", ""))).shape[:2]
+        data = {**data, "w": w, "h": h}
+    cams, rels = cameras_from_transforms(data)
+    order = sorted(range(len(rels)), key=lambda i: natural_key(rels[i]))
     images = np.stack([read_image(_resolve_image(path, rels[i])) for i in order])  # (N, H, W, 3)
     H, W = images.shape[1:3]
     K = np.diag([W / cams.width, H / cams.height, 1.0]) @ cams.K[order]  # (N, 3, 3)
@@ -157,7 +178,7 @@ def _load_one(path: str, cfg: DataConfig) -> list[SourceClip]:
 
         frames, _fps = read_video(path, max_frames=cfg.max_video_frames)
         return [SourceClip(path, frames)]
-    has_tf = os.path.isfile(os.path.join(path, TRANSFORMS_FILE))
+    has_tf = _transforms_file(path) is not None
     if _is_clip_folder(path):
         try:
             return [_clip_folder(path)]

@@ -99,9 +99,12 @@ class TrainConfig:
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1 or self.warmup < 0:
             raise ValueError(f"TrainConfig: need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0; got "
                              f"{self.lr}, {self.min_lr_ratio}, {self.warmup}")
-        if len(self.mask_weights) != len(MASK_NAMES) or min(self.mask_weights) < 0 or sum(self.mask_weights) <= 0:
+        warp = MASK_NAMES.index("warp")
+        others = sum(w for i, w in enumerate(self.mask_weights) if i != warp)
+        if len(self.mask_weights) != len(MASK_NAMES) or min(self.mask_weights) < 0 or others <= 0:
+            # samples without geometry cannot draw `warp`: another pattern must always be possible
             raise ValueError(f"TrainConfig.mask_weights must be {len(MASK_NAMES)} non-negative numbers "
-                             f"({', '.join(MASK_NAMES)}) with a positive sum, got {self.mask_weights}")
+                             f"({', '.join(MASK_NAMES)}) with a positive sum outside warp, got {self.mask_weights}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
