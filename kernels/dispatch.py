@@ -17,7 +17,7 @@ def has_triton() -> bool:
     """True when the triton package imports (it is optional: macOS/Windows users may lack it)."""
     try:
         import triton  # noqa: F401
-    except ImportError:
+    except Exception:  # missing, or installed but broken (e.g. a driver/ABI mismatch): use the reference
         return False
     return True
 

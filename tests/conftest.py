@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import tempfile
 
@@ -13,7 +14,7 @@ os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
 # are many small ops, and two processes each spinning two threads on a 2-core machine thrash.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Without a GPU, Triton kernels run through the CPU interpreter; it must be set before triton imports.
-if not os.path.exists("/dev/nvidia0") and "TRITON_INTERPRET" not in os.environ:
+if not glob.glob("/dev/nvidia[0-9]*") and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"
 
 import numpy as np
