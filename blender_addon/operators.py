@@ -2,11 +2,15 @@
 
 A job operator gathers its inputs on the main thread (bpy), checks them against the vendored job
 spec, and hands them to the worker; it never waits for the backend. Run from the UI (invoke) it then
-stays modal without blocking, so ESC cancels the job; `execute` alone (scripts, tests) just submits.
+stays modal without blocking, so ESC cancels the job (unless it stops playback); `execute` alone
+(scripts, tests) just submits.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import math
 import time
 from typing import ClassVar
 
@@ -27,13 +31,59 @@ def _image(image, path: str, what: str) -> np.ndarray:
     raise ValueError(f"{what}: choose an image datablock or a file")
 
 
+SUBMIT_BYTES_PER_S = 20e6  # slowest upload + validation + save rate the submit timeout allows for
+
+
+def _limits() -> protocol.Limits:
+    """The server's limits from its hello when connected, else the protocol's defaults."""
+    known = {f.name for f in dataclasses.fields(protocol.Limits)}
+    return protocol.Limits(**{k: int(v) for k, v in SESSION.server_limits.items() if k in known})
+
+
+def payload_bytes(arrays: dict) -> int:
+    return sum(int(np.asarray(a).nbytes) for a in arrays.values())
+
+
+def submit_timeout(timeout: float, nbytes: int) -> float:
+    """The preference's timeout plus time to send and store `nbytes` (a big clip takes seconds)."""
+    return float(timeout) + nbytes / SUBMIT_BYTES_PER_S
+
+
 def _check(job_type: str, arrays: dict, params: dict) -> None:
     """The backend's own input check, run here first so mistakes are reported before any upload."""
+    limits = _limits()
+    total = payload_bytes(arrays)
+    if total > limits.max_message_bytes:
+        over = math.ceil((total - limits.max_message_bytes) / 1e6)
+        raise ValueError(f"inputs are {total / 1e6:.1f} MB, {over} MB over the limit of "
+                         f"{limits.max_message_bytes / 1e6:.0f} MB: trim or downscale the clip or image")
     msg = protocol.Message(type="submit", params={"job_type": job_type, **params}, arrays=arrays)
     try:
-        specs.validate_job(msg)
+        specs.validate_job(msg, limits)
     except protocol.ProtocolError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _is_loopback(address: str) -> bool:
+    """ipc:// and inproc:// endpoints, and tcp:// to localhost or a loopback IP, never leave the machine."""
+    scheme, _, rest = address.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _online_refusal(address: str) -> str:
+    """Why `address` may not be used ("" when it may): Blender's "Allow Online Access" gates remote hosts."""
+    if bpy.app.online_access or _is_loopback(address):
+        return ""
+    return (f"Parallax: {address} is not on this machine and Blender's online access is off "
+            "(Preferences ▸ System ▸ Network): use a loopback address or allow online access")
 
 
 class _JobOperator:
@@ -48,6 +98,9 @@ class _JobOperator:
 
     def execute(self, context):
         props, prefs = context.scene.parallax, preferences.get(context)
+        if refusal := _online_refusal(prefs.address):
+            self.report({"ERROR"}, refusal)
+            return {"CANCELLED"}
         try:
             arrays, params, frame_start, options = self.gather(context)
             if "steps" in specs.JOB_SPECS[self.job_type].params:
@@ -65,7 +118,8 @@ class _JobOperator:
         item.tag, item.job_type, item.out_dir, item.message = tag, self.job_type, str(out), "sending"
         props.active_job = len(props.jobs) - 1
         ctx = JobContext(tag, self.job_type, context.scene.name, out, frame_start, options)
-        SESSION.submit(ctx, arrays, params, prefs.address, prefs.timeout)
+        SESSION.submit(ctx, arrays, params, prefs.address, prefs.timeout,
+                       submit_timeout(prefs.timeout, payload_bytes(arrays)))
         self._tag = tag
         self.report({"INFO"}, f"Parallax: {self.job_type} job sent to {prefs.address}")
         return {"FINISHED"}
@@ -81,7 +135,9 @@ class _JobOperator:
         ctx = SESSION.jobs.get(getattr(self, "_tag", ""))
         if ctx is None or ctx.done:
             return {"FINISHED"}
-        if event.type == "ESC" and event.value == "PRESS":
+        screen = getattr(context, "screen", None)
+        playing = screen is not None and screen.is_animation_playing
+        if event.type == "ESC" and event.value == "PRESS" and not playing:  # during playback ESC stops it
             SESSION.cancel(ctx.tag)
             self.report({"WARNING"}, "Parallax: cancelling the job")
             return {"CANCELLED"}
@@ -216,6 +272,9 @@ class ParallaxConnect(bpy.types.Operator):
 
     def execute(self, context):
         prefs = preferences.get(context)
+        if refusal := _online_refusal(prefs.address):
+            self.report({"ERROR"}, refusal)
+            return {"CANCELLED"}
         SESSION.ensure_worker(prefs.address, prefs.timeout).put(Request("connect"))
         context.scene.parallax.last_error = ""
         self.report({"INFO"}, f"Parallax: connecting to {prefs.address}")
@@ -230,9 +289,13 @@ class ParallaxStartBackend(bpy.types.Operator):
 
     def execute(self, context):
         prefs = preferences.get(context)
+        if refusal := _online_refusal(prefs.address):
+            self.report({"ERROR"}, refusal)
+            return {"CANCELLED"}
+        python = bpy.path.abspath(prefs.python) if prefs.python.strip() else ""  # "//" paths: relative to the .blend
         try:
             root, _ = preferences.output_root(context)
-            b = SESSION.start_backend(backend_command(prefs.python, prefs.command), prefs.address,
+            b = SESSION.start_backend(backend_command(python, prefs.command), prefs.address,
                                       root / "backend.log")
         except (ValueError, OSError) as exc:
             self.report({"ERROR"}, f"Parallax: could not start the backend: {exc}")
@@ -258,7 +321,7 @@ class ParallaxStopBackend(bpy.types.Operator):
 
     def execute(self, context):
         SESSION.stop_backend()
-        for scene in bpy.data.scenes:
+        for scene in (s for s in bpy.data.scenes if s.library is None):
             scene.parallax.connected, scene.parallax.backend_info = False, ""
         return {"FINISHED"}
 

@@ -1,11 +1,13 @@
 """The timer pump: the only code that applies worker events to bpy data.
 
 Registered with bpy.app.timers (persistent across file loads). Timers never fire in the bpy Python
-module, so headless scripts and tests call `pump()` themselves (`run_until` wraps that loop).
+module, so headless scripts and tests call `pump()` themselves (`run_until` wraps that loop). A
+persistent load_post handler marks jobs saved mid-flight in a reopened file as interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -23,6 +25,24 @@ def _job_item(scene, tag: str):
     return next((j for j in scene.parallax.jobs if j.tag == tag), None) if scene else None
 
 
+def _scenes():
+    """Local scenes only: a library-linked scene's properties cannot be written."""
+    return [s for s in bpy.data.scenes if s.library is None]
+
+
+def _restore_item(scene, ctx):
+    """The job's list item again after an undo removed it, so its event (and result) is not lost."""
+    item = scene.parallax.jobs.add()
+    item.tag, item.job_type, item.out_dir, item.state = ctx.tag, ctx.job_type, str(ctx.out_dir), "running"
+    return item
+
+
+def _undo_push() -> None:
+    """One undo step for an applied result, so undoing it does not also undo the user's work before it."""
+    with contextlib.suppress(RuntimeError):  # no window (the bpy module, background): nothing to undo into
+        bpy.ops.ed.undo_push(message="Parallax result")
+
+
 def _redraw() -> None:
     wm = bpy.context.window_manager
     for window in getattr(wm, "windows", []):
@@ -34,7 +54,9 @@ def _redraw() -> None:
 def _connection(ev: Event) -> None:
     info = ev.params
     text = ", ".join(f"{k} {info[k]}" for k in ("model", "device", "memory") if info.get(k) not in (None, ""))
-    for scene in bpy.data.scenes:
+    if ev.kind == "connected":
+        SESSION.server_limits = dict(info.get("limits") or {})
+    for scene in _scenes():
         p = scene.parallax
         p.connected = ev.kind == "connected"
         p.backend_info = (text or "connected") if p.connected else ""
@@ -44,9 +66,11 @@ def _connection(ev: Event) -> None:
 def _job_event(ev: Event) -> None:
     ctx = SESSION.jobs.get(ev.tag)
     scene = bpy.data.scenes.get(ctx.scene) if ctx else None
-    item = _job_item(scene, ev.tag)
-    if item is None or ctx is None or ctx.done:
+    if ctx is None or ctx.done or scene is None or scene.library is not None:
         return  # unknown, or already ended (e.g. failed when the local backend exited)
+    item = _job_item(scene, ev.tag)
+    if item is None:
+        item = _restore_item(scene, ctx)
     if ev.job:
         item.job = ev.job
     if ev.kind == "submitted":
@@ -59,6 +83,7 @@ def _job_event(ev: Event) -> None:
         try:
             item.message = results.apply(ctx, ev.arrays, ev.params)
             item.state, item.progress = "done", 1.0
+            _undo_push()
         except Exception as exc:  # a bad result must not break the pump
             traceback.print_exc()
             item.state, item.message = "failed", f"could not apply the result: {exc}"
@@ -78,7 +103,7 @@ def _check_local_backend() -> None:
     if b is None or (msg := b.exit_message()) is None:
         return
     SESSION.backend = None
-    for scene in bpy.data.scenes:
+    for scene in _scenes():
         scene.parallax.connected, scene.parallax.last_error = False, msg
     for tag, ctx in SESSION.jobs.items():  # the worker would notice too, but only after its timeout
         item = _job_item(bpy.data.scenes.get(ctx.scene), tag)
@@ -87,18 +112,37 @@ def _check_local_backend() -> None:
 
 
 def pump() -> float:
-    """Apply every pending worker event; returns the interval for bpy.app.timers."""
-    w = SESSION.worker
-    events = w.drain() if w is not None else []
-    for ev in events:
-        if ev.kind in ("connected", "disconnected"):
-            _connection(ev)
-        else:
-            _job_event(ev)
-    _check_local_backend()
-    if events:
-        _redraw()
+    """Apply every pending worker event; returns the interval for bpy.app.timers.
+
+    Always returns the interval: a timer callback that raises is unregistered by Blender for good.
+    """
+    try:
+        w = SESSION.worker
+        events = w.drain() if w is not None else []
+        for ev in events:
+            try:
+                if ev.kind in ("connected", "disconnected"):
+                    _connection(ev)
+                else:
+                    _job_event(ev)
+            except Exception:  # one bad event must not drop the ones after it
+                traceback.print_exc()
+        _check_local_backend()
+        if events:
+            _redraw()
+    except Exception:
+        traceback.print_exc()
     return INTERVAL_S
+
+
+@bpy.app.handlers.persistent
+def on_load_post(*_args) -> None:
+    """A reopened file may hold jobs saved while in flight; no live session context will finish them."""
+    for scene in _scenes():
+        for item in scene.parallax.jobs:
+            ctx = SESSION.jobs.get(item.tag)
+            if item.state in ("sending", "queued", "running") and (ctx is None or ctx.done):
+                item.state, item.message = "failed", "interrupted (file reopened)"
 
 
 def run_until(done: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
@@ -116,8 +160,12 @@ def run_until(done: Callable[[], bool], timeout: float, step: float = 0.05) -> b
 def register() -> None:
     if not bpy.app.timers.is_registered(pump):
         bpy.app.timers.register(pump, first_interval=INTERVAL_S, persistent=True)
+    if on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(on_load_post)
 
 
 def unregister() -> None:
     if bpy.app.timers.is_registered(pump):
         bpy.app.timers.unregister(pump)
+    while on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(on_load_post)

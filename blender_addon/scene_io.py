@@ -140,11 +140,16 @@ def sequence_paths(first: str | os.PathLike) -> list[Path]:
     return [p for n, p in sorted(found) if n >= int(m.group(2))]
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers by value: frame_2 before frame_10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name)]
+
+
 def folder_paths(folder: str | os.PathLike) -> list[Path]:
     folder = Path(bpy.path.abspath(str(folder)))
     if not folder.is_dir():
         raise ValueError(f"frames folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS), key=lambda p: natural_key(p.name))
 
 
 def clip_paths(clip, folder: str) -> list[Path]:
@@ -178,12 +183,19 @@ def load_sequence_image(first: Path, name: str):
 
 
 def show_behind_camera(cam_obj, image, frame_start: int, frames: int) -> None:
-    """The image sequence as the camera's background, aligned with the scene frames."""
+    """The image sequence as the camera's background, aligned with the scene frames.
+
+    Blender shows file number (scene frame - image_user.frame_start + 1 + frame_offset), so the offset
+    is the first file's number minus 1: file N at `frame_start`, whether the files are numbered by
+    scene frame (our results) or from any other number (a clip numbered 1001, ...).
+    """
     cam = cam_obj.data
     cam.show_background_images = True
     bg = cam.background_images.new()
     bg.image = image
+    m = re.match(r"^.*?(\d+)\.[^.]+$", Path(bpy.path.abspath(image.filepath)).name)
     bg.image_user.frame_start, bg.image_user.frame_duration = frame_start, frames
+    bg.image_user.frame_offset = int(m.group(1)) - 1 if m else 0
     bg.image_user.use_auto_refresh = True
     bg.alpha = 1.0
 

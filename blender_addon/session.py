@@ -6,7 +6,10 @@ looks up each job's context (what to do with its result) by tag.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -56,6 +59,7 @@ class Session:
         self.worker: Worker | None = None
         self.backend: LocalBackend | None = None
         self.jobs: dict[str, JobContext] = {}
+        self.server_limits: dict[str, int] = {}  # protocol.Limits fields from the server's hello ({} until then)
 
     def ensure_worker(self, address: str, timeout: float, heartbeat: float = 2.0) -> Worker:
         """The running worker for `address`, (re)started when the address or timeout changed."""
@@ -67,10 +71,12 @@ class Session:
             w.start()
         return w
 
-    def submit(self, ctx: JobContext, arrays: dict, params: dict, address: str, timeout: float) -> None:
+    def submit(self, ctx: JobContext, arrays: dict, params: dict, address: str, timeout: float,
+               submit_timeout: float | None = None) -> None:
+        """Queue a job; `submit_timeout` bounds the wait for the submit reply (big inputs take longer)."""
         self.jobs[ctx.tag] = ctx
         self.ensure_worker(address, timeout).put(Request("submit", tag=ctx.tag, job_type=ctx.job_type,
-                                                         arrays=arrays, params=params))
+                                                         arrays=arrays, params=params, timeout=submit_timeout))
 
     def cancel(self, tag: str) -> None:
         if self.worker is not None:
@@ -82,7 +88,7 @@ class Session:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
             proc = subprocess.Popen([*command, "--bind", address], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, **_own_group())
         self.backend = LocalBackend(proc, log_path, address)
         return self.backend
 
@@ -90,11 +96,11 @@ class Session:
         b, self.backend = self.backend, None
         if b is None or b.process.poll() is not None:
             return
-        b.process.terminate()
+        _signal_group(b.process, kill=False)
         try:
             b.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            b.process.kill()
+            _signal_group(b.process, kill=True)
             b.process.wait(timeout)
 
     def shutdown(self) -> None:
@@ -104,6 +110,26 @@ class Session:
             self.worker = None
         self.stop_backend()
         self.jobs.clear()
+
+
+def _own_group() -> dict[str, Any]:
+    """Popen options that give the backend its own process group (so stopping it stops its children too,
+    and Ctrl+C in Blender's terminal does not reach it) and, on Windows, no console window."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def _signal_group(process: subprocess.Popen, kill: bool) -> None:
+    """SIGTERM (or SIGKILL) the backend's whole process group on POSIX; terminate/kill it on Windows."""
+    if os.name == "nt":
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        return
+    with contextlib.suppress(ProcessLookupError):  # pgid == pid: the child leads its own session
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
 
 
 def new_tag() -> str:
@@ -117,7 +143,7 @@ def backend_command(python: str, command: str) -> list[str]:
     Never Blender's own interpreter: the backend needs torch, which is never imported inside Blender.
     """
     if command.strip():
-        return shlex.split(command)
+        return shlex.split(command, posix=os.name != "nt")  # keep Windows backslashes in paths
     if python.strip():
         return [python.strip(), "-m", "backend.cli", "serve"]
     return ["parallax", "serve"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ from ._vendor import client as vclient
 from ._vendor import protocol as P
 
 POLL_S = 0.05  # how long one loop iteration waits for a request or a socket event
+# Replies may be far larger than the 1 GiB a request may carry (results of ~max_output_pixels frames
+# with depth); the socket is loopback by default, so the worker accepts up to 64 GiB when decoding.
+RESULT_LIMITS = P.Limits(max_message_bytes=1 << 36)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Request:
     job_type: str = ""  # submit: key of specs.JOB_SPECS
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # submit: inputs
     params: dict[str, Any] = field(default_factory=dict)  # submit: parameters
+    timeout: float | None = None  # submit: seconds to wait for the reply (None: the worker's timeout)
 
 
 @dataclass
@@ -95,18 +100,23 @@ class Worker(threading.Thread):
                     req = self.requests.get(timeout=POLL_S if not self._active else 0.0)
                 except queue.Empty:
                     req = None
-                if req is not None:
-                    if req.kind == "stop":
-                        break
-                    self._handle(req)
-                if self._active:
-                    self._pump_socket()
+                if req is not None and req.kind == "stop":
+                    break
+                try:
+                    if req is not None:
+                        self._handle(req)
+                    if self._active:
+                        self._pump_socket()
+                except Exception as exc:  # last resort: the thread must outlive any bug, jobs must end
+                    traceback.print_exc()
+                    self._reset()
+                    self._fail_all(f"Parallax worker error: {type(exc).__name__}: {exc}", "internal")
         finally:
             self._reset()
 
     def _client_or_new(self) -> vclient.Client:
         if self._client is None:
-            self._client = vclient.Client(self.address, timeout=self.timeout)
+            self._client = vclient.Client(self.address, timeout=self.timeout, limits=RESULT_LIMITS)
         return self._client
 
     def _reset(self) -> None:
@@ -126,7 +136,8 @@ class Worker(threading.Thread):
                 timeout = req.params.get("timeout")  # a freshly started backend may need longer
                 self.events.put(Event("connected", params=client.request(P.Message("hello"), timeout).params))
             elif req.kind == "submit":
-                job = client.submit(req.job_type, req.arrays, **req.params)
+                msg = P.Message("submit", params={"job_type": req.job_type, **req.params}, arrays=req.arrays)
+                job = client.request(msg, req.timeout).job
                 self._active[job], self._heard[job] = req.tag, time.monotonic()
                 self.events.put(Event("submitted", tag=req.tag, job=job))
             elif req.kind == "cancel":
@@ -168,6 +179,12 @@ class Worker(threading.Thread):
                            "folder and can be fetched again by job id.")
         except vclient.BackendError as exc:
             self._fail_all(f"Backend refused a status request: {exc.message}")
+        except Exception as exc:  # e.g. a reply that does not decode, a zmq error: drop the socket
+            traceback.print_exc()
+            self._reset()
+            self._fail_all(f"Could not read the backend's reply ({type(exc).__name__}: {exc}). Finished "
+                           "results stay in the backend's job folder and can be fetched again by job id.",
+                           "internal")
 
     def _forward(self, msg) -> None:
         job = msg.job
@@ -202,7 +219,7 @@ class Worker(threading.Thread):
         self._active.pop(job, None)
         self._heard.pop(job, None)
 
-    def _fail_all(self, message: str) -> None:
+    def _fail_all(self, message: str, code: str = UNAVAILABLE) -> None:
         for job, tag in list(self._active.items()):
             self._finish(job)
-            self.events.put(Event("error", tag=tag, job=job, code=UNAVAILABLE, message=message))
+            self.events.put(Event("error", tag=tag, job=job, code=code, message=message))

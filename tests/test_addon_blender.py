@@ -59,7 +59,9 @@ def test_registers_and_unregisters_twice(addon):
         assert bpy.context.preferences.addons[NAME].preferences.address == "tcp://127.0.0.1:5555"
         assert hasattr(bpy.types, "PARALLAX_PT_jobs")
         assert bpy.ops.parallax.novel_views.idname() == "PARALLAX_OT_novel_views"
+        assert _our_load_handlers() == 1
         addon_utils.disable(NAME, default_set=True, handle_error=_raise)
+        assert _our_load_handlers() == 0
         assert not hasattr(bpy.types.Scene, "parallax")
         assert not hasattr(bpy.types, "PARALLAX_PT_jobs")
         addon_utils.enable(NAME, default_set=True, handle_error=_raise)
@@ -68,6 +70,10 @@ def test_registers_and_unregisters_twice(addon):
 
 def _raise(exc):
     raise exc
+
+
+def _our_load_handlers() -> int:
+    return sum(getattr(h, "__module__", "") == f"{NAME}.pump" for h in bpy.app.handlers.load_post)
 
 
 # ----------------------------------------------------------------------------- cameras out
@@ -246,3 +252,165 @@ def test_job_against_dead_backend_fails_clearly(addon, tmp_path):
     assert sub("pump").run_until(lambda: job.state == "failed", timeout=5.0)
     assert "No answer from the Parallax backend" in job.message
     bpy.data.objects.remove(obj)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def _drain_until(worker, pred, timeout: float = 10.0) -> list:
+    """Events of a running worker until one satisfies `pred` (all of them, in order)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += worker.drain()
+        if any(pred(e) for e in seen):
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"no such event within {timeout} s: {[(e.kind, e.message) for e in seen]}")
+
+
+def _serve_one(router, P, reply):
+    """Receive one request on the raw ROUTER socket and answer it with reply(msg)."""
+    assert router.poll(5000), "the worker sent nothing"
+    ident, *frames = router.recv_multipart()
+    msg = P.decode(frames)
+    router.send_multipart([ident, *P.encode(reply(msg))])
+    return ident, msg
+
+
+def test_worker_survives_an_undecodable_reply_and_keeps_serving(addon):
+    import zmq
+
+    W, P = sub("worker"), sub("_vendor.protocol")
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    w = W.Worker(f"tcp://127.0.0.1:{port}", timeout=2.0, heartbeat=60.0)
+    w.start()
+    try:
+        w.put(W.Request("submit", tag="t1", job_type="depth", arrays={"image": np.zeros((4, 4, 3), np.uint8)}))
+        ident, msg = _serve_one(router, P, lambda m: P.Message("submit", id=m.id, job="j1"))
+        assert msg.params["job_type"] == "depth"
+        router.send_multipart([ident, b"{not json"])  # a job event the client cannot decode
+        events = _drain_until(w, lambda e: e.kind == "error")
+        err = next(e for e in events if e.kind == "error")
+        assert err.tag == "t1" and err.job == "j1" and "ProtocolError" in err.message
+        assert w.is_alive() and not w.busy
+        w.put(W.Request("connect"))  # the same thread still answers, on a fresh socket
+        _serve_one(router, P, lambda m: P.Message("hello", id=m.id, params={"model": "m"}))
+        events = _drain_until(w, lambda e: e.kind == "connected")
+        assert next(e for e in events if e.kind == "connected").params["model"] == "m"
+    finally:
+        w.stop()
+        router.close(0)
+    assert W.RESULT_LIMITS.max_message_bytes > P.Limits().max_message_bytes  # results may exceed 1 GiB
+
+
+def test_payload_over_the_server_limit_is_refused_before_upload(addon):
+    ops, session = sub("operators"), sub("session").SESSION
+    video = np.zeros((2, 500, 1000, 3), np.uint8)  # 3 MB, + 1.5 MB for the edited frame
+    ops._check("edit", {"video": video, "edited": video[0]}, {})  # fine under the default 1 GiB
+    session.server_limits = {"max_message_bytes": 1_000_000, "max_frames": 512}
+    try:
+        with pytest.raises(ValueError, match=r"inputs are 4\.5 MB, 4 MB over the limit of 1 MB: trim or downscale"):
+            ops._check("edit", {"video": video, "edited": video[0]}, {})
+    finally:
+        session.server_limits = {}
+    small, big = ops.submit_timeout(5.0, 1_000), ops.submit_timeout(5.0, 1 << 30)
+    assert small == pytest.approx(5.0, abs=1e-3) and big > small + 30  # 1 GiB cannot go up in 5 s
+
+
+def test_background_sequence_maps_scene_frames_to_file_numbers(addon, tmp_path):
+    sio, im = sub("scene_io"), sub("images")
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("bgcam", bpy.data.cameras.new("bgcam"))
+    scene.collection.objects.link(cam)
+    clip = im.write_sequence(tmp_path / "clip", np.zeros((3, 4, 4, 3), np.uint8), start=1001)  # a user's clip
+    ours = im.write_sequence(tmp_path / "ours", np.zeros((3, 4, 4, 3), np.uint8), start=5)  # numbered by frame
+    for paths, start in ((clip, 1), (ours, 5)):
+        sio.show_behind_camera(cam, sio.load_sequence_image(paths[0], "seq"), start, 3)
+        user = cam.data.background_images[-1].image_user
+        for i, p in enumerate(paths):
+            scene.frame_set(start + i)
+            assert user.frame_current == int(p.stem)  # Blender loads file (frame - start + 1 + offset)
+    bpy.data.objects.remove(cam)
+
+
+def test_frames_folder_sorts_numbers_naturally(addon, tmp_path):
+    for n in (10, 2, 1):
+        (tmp_path / f"frame_{n}.png").write_bytes(b"")
+    assert [p.name for p in sub("scene_io").folder_paths(tmp_path)] == ["frame_1.png", "frame_2.png",
+                                                                        "frame_10.png"]
+
+
+def test_pump_survives_a_bad_event_and_restores_an_undone_job(addon, tmp_path):
+    W, session, pump = sub("worker"), sub("session"), sub("pump")
+    scene = bpy.context.scene
+    scene.parallax.jobs.clear()
+    ctx = session.JobContext("undone", "edit", scene.name, tmp_path / "edit", frame_start=3)
+    session.SESSION.jobs[ctx.tag] = ctx
+    old, w = session.SESSION.worker, W.Worker("tcp://127.0.0.1:1")  # never started: only its event queue
+    session.SESSION.worker = w
+    try:
+        w.events.put(W.Event("progress", tag="undone", params={"progress": "not a number"}))  # raises inside
+        w.events.put(W.Event("result", tag="undone", arrays={"images": np.full((2, 4, 4, 3), 9, np.uint8)}))
+        assert pump.pump() == pump.INTERVAL_S
+    finally:
+        session.SESSION.worker = old
+        session.SESSION.jobs.pop("undone")
+    item = scene.parallax.jobs[-1]  # the item was gone (as after an undo): listed again, result applied
+    assert (item.tag, item.state) == ("undone", "done"), item.message
+    assert [p.name for p in sorted((tmp_path / "edit" / "frames").iterdir())] == ["0003.png", "0004.png"]
+
+
+def test_remote_address_refused_without_online_access(addon):
+    ops = sub("operators")
+    assert all(map(ops._is_loopback, ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5", "ipc:///x"]))
+    assert not any(map(ops._is_loopback, ["tcp://10.0.0.1:5555", "tcp://example.com:5", "tcp://0.0.0.0:5"]))
+    assert not bpy.app.online_access  # the bpy module runs offline, like a default Blender
+    prefs = _dead_prefs()
+    prefs.address = "tcp://10.255.0.1:5555"
+    with pytest.raises(RuntimeError, match="online access is off"):
+        bpy.ops.parallax.connect()
+    w = sub("session").SESSION.worker
+    assert w is None or w.address != prefs.address  # nothing was sent there
+
+
+def test_local_backend_stops_with_its_children(addon, tmp_path):
+    import os
+    import signal
+
+    session = sub("session").Session()
+    script = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+              "time.sleep(60)']); print(c.pid, flush=True); time.sleep(60)")
+    b = session.start_backend([sys.executable, "-c", script], "tcp://127.0.0.1:1", tmp_path / "log.txt")
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "log.txt").read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int((tmp_path / "log.txt").read_text())
+    assert os.getpgid(b.process.pid) == b.process.pid == os.getpgid(child)  # its own group, child included
+    session.stop_backend()
+    assert b.process.poll() == -signal.SIGTERM
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_reopened_file_marks_jobs_in_flight_interrupted(addon, tmp_path):
+    scene = bpy.context.scene
+    scene.parallax.jobs.clear()
+    for tag, state in (("gone", "running"), ("old", "done")):
+        item = scene.parallax.jobs.add()
+        item.tag, item.state = tag, state
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "shot.blend"))
+    bpy.ops.wm.open_mainfile(filepath=str(tmp_path / "shot.blend"))
+    jobs = bpy.context.scene.parallax.jobs
+    assert [(j.tag, j.state) for j in jobs] == [("gone", "failed"), ("old", "done")]
+    assert jobs[0].message == "interrupted (file reopened)"

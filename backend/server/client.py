@@ -33,11 +33,15 @@ class BackendUnavailable(ConnectionError):
 
 
 class Client:
-    """Talk to a Parallax server at `address`; every call waits at most `timeout` seconds."""
+    """Talk to a Parallax server at `address`; every call waits at most `timeout` seconds.
+
+    `limits` bounds what replies may carry when decoded (default: protocol.Limits()).
+    """
 
     def __init__(self, address: str = "tcp://127.0.0.1:5555", timeout: float = 10.0,
-                 curve: tuple[bytes, bytes, bytes] | None = None):
+                 curve: tuple[bytes, bytes, bytes] | None = None, limits: P.Limits | None = None):
         self.address, self.timeout = address, timeout
+        self.limits = limits or P.Limits()  # what a reply may carry (results can be larger than a request)
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -58,7 +62,7 @@ class Client:
     def _recv(self, timeout: float) -> P.Message:
         if not self._sock.poll(int(timeout * 1000)):
             raise BackendUnavailable(f"no answer from the Parallax backend at {self.address} within {timeout:.1f} s")
-        return P.decode(self._sock.recv_multipart(copy=True))
+        return P.decode(self._sock.recv_multipart(copy=True), self.limits)
 
     def request(self, msg: P.Message, timeout: float | None = None) -> P.Message:
         """Send `msg` and return its reply; job events arriving meanwhile are queued, not lost."""
