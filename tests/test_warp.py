@@ -72,11 +72,13 @@ def test_bad_options_are_rejected():
         warp_rgbd(**_inputs(), mode="linear")
     with pytest.raises(ValueError, match="hole_dilation"):
         warp_rgbd(**_inputs(), hole_dilation=-1)
+    with pytest.raises(ValueError, match="crack_radius"):
+        warp_rgbd(**_inputs(), crack_radius=-1)
 
 
 def test_without_dilation_it_is_the_splat():
     args = _inputs()
-    res = warp_rgbd(**args, mode="soft")
+    res = warp_rgbd(**args, mode="soft", crack_radius=0)
     ref = splat_reference(
         *(args[k] for k in ("image", "depth", "K_src", "c2w_src", "K_tgt", "c2w_tgt")), args["out_hw"], mode="soft"
     )
@@ -89,8 +91,8 @@ def test_hole_dilation_matches_scipy_erosion(radius):
     args = _inputs(h=14, w=17, views=1)
     args["depth"][0, 5:9, 8] = 0.0  # a one-pixel-wide disocclusion-like slit of unknown depth
     args["depth"][0, 0, 0] = 0.0  # a hole at the border
-    plain = warp_rgbd(**args)
-    grown = warp_rgbd(**args, hole_dilation=radius)
+    plain = warp_rgbd(**args, crack_radius=0)
+    grown = warp_rgbd(**args, hole_dilation=radius, crack_radius=0)
     valid = plain.mask[0, 0].numpy()
     assert not valid[5:9, 8].any() and valid.sum() > 0.8 * valid.size
     # oracle: binary erosion with a (2r+1)² square; pixels beyond the border count as valid
@@ -109,3 +111,51 @@ def test_dilate_holes_keeps_leading_dims():
     out = dilate_holes(mask, 1)
     assert out.shape == mask.shape
     assert int((~out).sum()) == 9 and not out[1, 2, 1:4, 2:5].any()
+
+
+def _plane_scene(h: int = 40, w: int = 48, forward: float = 0.8, box: bool = False) -> dict:
+    """A textured fronto-parallel plane at z = 2 seen from a camera that moves `forward` towards it
+    (a magnification of 2 / (2 - forward)); optionally a near box (z = 1) whose disocclusion is wide."""
+    gen = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    image = torch.stack([xx * 5.0, yy * 6.0, (xx + yy) * 2.0])[None] + torch.rand(1, 3, h, w, generator=gen)
+    depth = torch.full((1, h, w), 2.0)
+    if box:
+        depth[0, 10:30, 8:20] = 1.0
+    K = torch.tensor([[40.0, 0, w / 2], [0, 40.0, h / 2], [0, 0, 1]])[None]
+    c2w_t = torch.eye(4)[None, None].clone()
+    c2w_t[0, 0, 2, 3] = forward
+    return {"image": image, "depth": depth, "K_src": K, "c2w_src": torch.eye(4)[None], "K_tgt": K[:, None],
+            "c2w_tgt": c2w_t, "out_hw": (h, w)}
+
+
+def _truth(args: dict) -> torch.Tensor:
+    """The plane's colour at every target pixel, by backward mapping (exact for a plane at z = 2)."""
+    h, w = args["out_hw"]
+    z, t = 2.0, float(args["c2w_tgt"][0, 0, 2, 3])
+    u = (torch.arange(w) + 0.5 - w / 2) * (z - t) / z + w / 2  # source column coordinate
+    v = (torch.arange(h) + 0.5 - h / 2) * (z - t) / z + h / 2
+    vv, uu = torch.meshgrid(torch.floor(v).long(), torch.floor(u).long(), indexing="ij")
+    return args["image"][0][:, vv, uu]
+
+
+def test_cracks_from_magnification_are_closed_with_the_surface_colour():
+    args = _plane_scene(forward=0.8)  # 1.67× magnification: one point per source pixel leaves gaps
+    raw = warp_rgbd(**args, crack_radius=0)
+    filled = warp_rgbd(**args)
+    inner = (slice(4, -4), slice(4, -4))
+    assert raw.mask[0, 0][inner].float().mean() < 0.75  # the splat alone leaves cracks
+    assert filled.mask[0, 0][inner].all()  # all closed
+    err = (filled.color[0, 0] - _truth(args)).abs().mean(0)[inner]
+    assert float(err.mean()) < 4.0  # the colour of the surface around them (gradients of 5-6 per px)
+    torch.testing.assert_close(filled.depth[0, 0][inner], torch.full_like(err, 1.2), rtol=1e-4, atol=1e-4)
+
+
+def test_wide_disocclusions_stay_holes():
+    args = _plane_scene(forward=0.0, box=True)
+    args["c2w_tgt"][0, 0, 0, 3] = 0.3  # a sideways step: the box uncovers a wide strip of the plane
+    filled = warp_rgbd(**args)
+    raw = warp_rgbd(**args, crack_radius=0)
+    holes = ~raw.mask[0, 0]
+    assert holes.sum() > 40  # a real disocclusion (12 px wide at the box's depth)
+    assert (~filled.mask[0, 0] & holes).sum() >= 0.8 * holes.sum()  # still holes: not guessed from afar
