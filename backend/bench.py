@@ -22,6 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=[*SUITES, "all"], help="which benchmark table to print")
     parser.add_argument("--quick", action="store_true", help="small sizes only (for CI smoke runs)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     for module_name in SUITES.values():  # each suite may add its own options
         try:
             module = importlib.import_module(module_name)

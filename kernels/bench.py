@@ -169,7 +169,7 @@ def _ray_rows(device: torch.device, sizes, repeats: int, bandwidth: float | None
 def run_suite(args: argparse.Namespace) -> list[dict]:
     """Rows of ratios for `parallax bench kernels` (args.quick: bool, args.device: auto|cpu|cuda)."""
     device = _device(getattr(args, "device", "auto"))
-    if getattr(args, "threads", None):  # backend/model/bench.py owns the --threads option
+    if getattr(args, "threads", None):  # `parallax bench --threads` (backend/bench.py)
         torch.set_num_threads(int(args.threads))
     quick = bool(getattr(args, "quick", False))
     sizes = QUICK_SIZES if quick else FULL_SIZES
@@ -192,6 +192,4 @@ def run_suite(args: argparse.Namespace) -> list[dict]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Own options: --threads (CPU threads), unless another suite has registered it already."""
-    if "--threads" not in parser._option_string_actions:
-        parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    """No options of its own: --quick, --device and --threads come from `parallax bench`."""

@@ -24,9 +24,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Suite-specific options (`--compile`, `--threads`), for a dispatcher that forwards them."""
+    """Suite-specific options (`--compile`); --threads is `parallax bench`'s own."""
     parser.add_argument("--compile", action="store_true", help="torch.compile each DiT block first")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def model_flops(cfg: DiTConfig, tokens: int, text_tokens: int = 0) -> float:
