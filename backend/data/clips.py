@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backend.data.ply import atomic_write_bytes
 from backend.geometry.cameras import Cameras, cameras_from_transforms, cameras_to_transforms
 
 IMAGES_DIR = "images"  # clip sub-folder of RGB frames
@@ -136,21 +137,6 @@ def _temp_sibling(path: str, suffix: str = ".tmp") -> str:
     return os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}{suffix}")
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Temp file beside `path`, fsync, os.replace: a reader sees the old file or the new, never half."""
-    tmp = _temp_sibling(path)
-    try:
-        with open(tmp, "xb") as f:  # 'x' respects the umask, unlike mkstemp's 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _decode(path: str) -> np.ndarray:
     """Decode any image OpenCV reads, unchanged (bit depth, channels); ValueError naming the path."""
     try:
@@ -214,7 +200,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
         raise ValueError(f"write_image: rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-    _atomic_write_bytes(path, _encode(path, np.ascontiguousarray(rgb[:, :, ::-1])))
+    atomic_write_bytes(path, _encode(path, np.ascontiguousarray(rgb[:, :, ::-1])))
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -240,7 +226,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.dtype != np.bool_ or mask.ndim != 2:
         raise ValueError(f"write_mask: mask must be (H, W) bool, got {mask.shape} {mask.dtype}")
-    _atomic_write_bytes(path, _encode(path, mask.astype(np.uint8) * 255))
+    atomic_write_bytes(path, _encode(path, mask.astype(np.uint8) * 255))
 
 
 # ----------------------------------------------------------------------------------------------------

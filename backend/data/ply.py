@@ -127,10 +127,10 @@ def write_ply(
             tri = np.empty(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
             tri["n"], tri["v"] = 3, faces
             body += tri.tobytes()
-    _atomic_write(path, head + body)
+    atomic_write_bytes(path, head + body)
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to a temp file beside `path`, fsync, then os.replace: readers never see half a file."""
     folder, base = os.path.split(os.path.abspath(os.fspath(path)))
     tmp = os.path.join(folder, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
