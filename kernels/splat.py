@@ -511,10 +511,16 @@ def splat(
     soft_sharpness: float = 50.0,
     soft_eps: float = 1e-2,
 ) -> SplatResult:
-    """Dispatcher: Triton on CUDA tensors (kernels.dispatch.use_triton), elsewhere the fused torch path
-    of kernels.splat_cpu (bit-identical to the reference in nearest mode, Inductor-compiled for big warps)."""
+    """Dispatcher, one call site for every device: Triton on CUDA tensors (kernels.dispatch.use_triton);
+    on the CPU the native C kernels (kernels.splat_native) when they build here, else the fused torch
+    passes of kernels.splat_cpu. Every path is bit-identical to the reference in nearest mode."""
     if use_triton(color, depth):
         fn = splat_triton
-    else:
-        from kernels.splat_cpu import splat_cpu as fn  # imports this module: bound here, not at the top
+    else:  # these modules import this one: bound here, not at the top
+        from kernels import splat_native
+
+        if splat_native.available() and color.device.type == "cpu" and depth.device.type == "cpu":
+            fn = splat_native.splat_native
+        else:
+            from kernels.splat_cpu import splat_cpu as fn
     return fn(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold, soft_sharpness, soft_eps)

@@ -82,8 +82,10 @@ def test_without_dilation_it_is_the_splat():
     ref = splat_reference(
         *(args[k] for k in ("image", "depth", "K_src", "c2w_src", "K_tgt", "c2w_tgt")), args["out_hw"], mode="soft"
     )
-    for a, b in zip(res, ref):
-        assert torch.equal(a, b)
+    assert torch.equal(res.mask, ref.mask)
+    # the CPU dispatcher may take the native soft splat: libm's expf, so equal within float tolerance
+    torch.testing.assert_close(res.color, ref.color, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res.depth, ref.depth, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("radius", [1, 2])

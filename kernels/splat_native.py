@@ -1,0 +1,106 @@
+"""Host wrapper of the native CPU splat (kernels/csrc/splat.c): what CPU users run when a C compiler exists.
+
+Same arguments and result as `kernels.splat.splat_reference`; nearest mode is bit-identical to it
+(tests/test_splat_native.py), soft mode equal within float tolerance. Scratch buffers (z-buffer keys,
+or z_front and the weighted sums) are torch tensors handed to C by pointer; the C code releases the
+GIL (ctypes does) and runs `torch.get_num_threads()` OpenMP threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from kernels import native
+from kernels.splat import SplatResult, _outputs, check_splat_inputs, composite_projection
+
+_P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_SIGNATURES = {
+    "parallax_masked_depth": [_P, _P, _P, _I64, _I64, _I64, _F32, _INT],  # depth, z, scratch, B, H, W, tau
+    # z, M, color, B, C, H, W, V, Ht, Wt, keys, out colour, depth, mask, threads
+    "parallax_splat_nearest": [_P, _P, _P, *[_I64] * 7, _P, _P, _P, _P, _INT],
+    # z, M, color, B, C, H, W, V, Ht, Wt, k, eps, front, acc, out colour, depth, mask, threads
+    "parallax_splat_soft": [_P, _P, _P, *[_I64] * 7, _F32, _F32, _P, _P, _P, _P, _P, _INT],
+}
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = native.load("splat")
+    if lib is None:
+        return None
+    for fn, argtypes in _SIGNATURES.items():
+        getattr(lib, fn).argtypes = argtypes
+        getattr(lib, fn).restype = None
+    return lib
+
+
+def available() -> bool:
+    """True when the native library is built (or builds now) and loads; see kernels.native.build_error."""
+    return _library() is not None
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+def masked_depth(depth: Tensor, edge_threshold: float | None) -> Tensor:
+    """float32 (B, H, W) z with NaN where a pixel is not splatted (kernels.splat.source_validity's rule)."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"native splat unavailable: {native.build_error('splat')}")
+    d = depth.detach().float().contiguous()
+    z, scratch = torch.empty_like(d), torch.empty_like(d)
+    tau = math.inf if edge_threshold is None else float(edge_threshold)
+    lib.parallax_masked_depth(_ptr(d), _ptr(z), _ptr(scratch), *d.shape, tau, torch.get_num_threads())
+    return z
+
+
+def splat_native(
+    color: Tensor,
+    depth: Tensor,
+    K_src: Tensor,
+    c2w_src: Tensor,
+    K_tgt: Tensor,
+    c2w_tgt: Tensor,
+    out_hw: tuple[int, int],
+    mode: str = "nearest",
+    edge_threshold: float | None = 0.1,
+    soft_sharpness: float = 50.0,
+    soft_eps: float = 1e-2,
+    out: SplatResult | None = None,
+) -> SplatResult:
+    """Forward splatting in C on CPU tensors; writes into `out` when given (checked like splat_triton's)."""
+    check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold)
+    if color.device.type != "cpu" or depth.device.type != "cpu":
+        raise ValueError(f"splat_native needs CPU tensors, got {color.device} and {depth.device}")
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"native splat unavailable: {native.build_error('splat')}")
+    B, C, H, W = color.shape
+    V = K_tgt.shape[1]
+    Ht, Wt = (int(s) for s in out_hw)
+    if H * W >= 2**32:
+        raise ValueError(f"source image of {H}x{W} pixels is too large (the z-buffer key holds a 32-bit index)")
+    res = _outputs(out, B, V, C, Ht, Wt, color.device)
+    if B * V == 0:
+        return res
+    z = masked_depth(depth, edge_threshold)  # (B, H, W)
+    M = composite_projection(K_src, c2w_src, K_tgt, c2w_tgt)  # (B, V, 3, 4) float32, contiguous
+    rgb = color.detach().float().reshape(B, C, H * W).contiguous()  # (B, C, N)
+    shape = (B, C, H, W, V, Ht, Wt)
+    outs = (_ptr(res.color), _ptr(res.depth), _ptr(res.mask))
+    threads = torch.get_num_threads()
+    if mode == "nearest":
+        keys = torch.empty(threads * Ht * Wt, dtype=torch.int64)  # a z-buffer per thread, filled in C
+        lib.parallax_splat_nearest(_ptr(z), _ptr(M), _ptr(rgb), *shape, _ptr(keys), *outs, threads)
+        return res
+    front = torch.empty(threads * Ht * Wt, dtype=torch.float32)  # z_front per thread (or shared, by bands)
+    acc = torch.empty(threads * Ht * Wt * (C + 2), dtype=torch.float32)  # weight, weight·z, weight·colour
+    k, eps = float(soft_sharpness), float(soft_eps)
+    lib.parallax_splat_soft(_ptr(z), _ptr(M), _ptr(rgb), *shape, k, eps, _ptr(front), _ptr(acc), *outs, threads)
+    return res

@@ -1,0 +1,179 @@
+"""The native C splat (kernels/csrc/splat.c) against the torch reference, and its build cache.
+
+Nearest mode must equal the reference bit for bit, soft mode within float tolerance, on odd sizes, in
+both threading layouts (whole planes per thread; bands of one plane's pixels), into poisoned outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_splat import _intrinsics, _rotation
+
+from kernels import native, splat_native
+from kernels.splat import SplatResult, source_validity, splat, splat_reference
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _require_native() -> None:
+    """Skip only where no C compiler exists; with one, a failed build is a test failure."""
+    if native.compiler() is None or not native.enabled():
+        pytest.skip("no C compiler (or PARALLAX_NO_NATIVE=1): the torch paths serve this machine")
+    assert splat_native.available(), f"native splat did not build: {native.build_error('splat')}"
+
+
+def _scene(seed: int, b: int, v: int, h: int = 17, w: int = 23):
+    """Random odd-sized RGB-D sources (a near box for flying pixels, some invalid depths) and targets."""
+    gen = torch.Generator().manual_seed(seed)
+    color = torch.rand(b, 3, h, w, generator=gen)
+    depth = 2.0 + 0.4 * torch.rand(b, h, w, generator=gen)
+    depth[:, 4:9, 6:13] = 1.0 + 0.05 * torch.rand(b, 5, 7, generator=gen)
+    depth[0, 0, :4] = torch.tensor([0.0, math.inf, math.nan, -1.0])
+    K_src = _intrinsics(14.0, h, w).expand(b, 3, 3).clone()
+    ht, wt = h + 4, w - 2
+    K_tgt = _intrinsics(15.0, ht, wt).expand(b, v, 3, 3).clone()
+    K_tgt[:, :, :2, :] += 0.4 * torch.randn(b, v, 2, 3, generator=gen)
+    c2w_tgt = torch.eye(4).repeat(b, v, 1, 1)
+    for i in range(b):
+        for j in range(v):
+            c2w_tgt[i, j, :3, :3] = _rotation(0.08 * torch.randn(3, generator=gen))
+            c2w_tgt[i, j, :3, 3] = 0.2 * torch.randn(3, generator=gen)
+    return (color, depth, K_src, torch.eye(4).expand(b, 4, 4).clone(), K_tgt, c2w_tgt), (ht, wt)
+
+
+def _poisoned_like(ref: SplatResult) -> SplatResult:
+    """Outputs that fail the comparison wherever the kernel leaves a pixel unwritten."""
+    return SplatResult(
+        torch.full_like(ref.color, math.nan), torch.full_like(ref.depth, math.nan), (~ref.mask).contiguous()
+    )
+
+
+@pytest.fixture
+def threads():
+    """Set torch's (and so the kernel's) thread count for one test, then restore it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+# (batch, views, threads): planes >= threads takes whole planes per thread; fewer planes, pixel bands
+LAYOUTS = [(2, 3, 1), (2, 3, 2), (1, 1, 2), (1, 2, 3), (1, 1, 1)]
+
+
+@pytest.mark.parametrize(("b", "v", "n_threads"), LAYOUTS)
+@pytest.mark.parametrize("edge_threshold", [0.1, None])
+def test_native_nearest_is_bit_identical_to_reference(b, v, n_threads, edge_threshold, threads):
+    _require_native()
+    threads(n_threads)
+    seed = secrets.randbits(31)
+    args, hw = _scene(seed, b, v)
+    ref = splat_reference(*args, hw, edge_threshold=edge_threshold)
+    assert 0.05 < ref.mask.float().mean().item() < 1.0, f"seed {seed}: degenerate scene"
+    poisoned = _poisoned_like(ref)
+    got = splat_native.splat_native(*args, hw, edge_threshold=edge_threshold, out=poisoned)
+    assert got.color.data_ptr() == poisoned.color.data_ptr()
+    assert torch.equal(got.mask, ref.mask), f"seed {seed}"
+    assert torch.equal(got.depth, ref.depth), f"seed {seed}"
+    assert torch.equal(got.color, ref.color), f"seed {seed}"
+
+
+@pytest.mark.parametrize(("b", "v", "n_threads"), LAYOUTS)
+def test_native_soft_matches_reference(b, v, n_threads, threads):
+    _require_native()
+    threads(n_threads)
+    seed = secrets.randbits(31)
+    args, hw = _scene(seed, b, v)
+    ref = splat_reference(*args, hw, mode="soft")
+    got = splat_native.splat_native(*args, hw, mode="soft", out=_poisoned_like(ref))
+    assert torch.equal(got.mask, ref.mask), f"seed {seed}"
+    # expf from libm against torch's vectorised exp, and another summation order
+    torch.testing.assert_close(got.depth, ref.depth, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {seed}: {m}")
+    torch.testing.assert_close(got.color, ref.color, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {seed}: {m}")
+
+
+def test_native_larger_warp_many_views(threads):
+    """A bigger image than a row buffer's worth of SIMD lanes, more views than threads."""
+    _require_native()
+    threads(2)
+    args, hw = _scene(secrets.randbits(31), 1, 5, h=61, w=97)
+    ref = splat_reference(*args, hw)
+    got = splat_native.splat_native(*args, hw)
+    assert torch.equal(got.color, ref.color) and torch.equal(got.depth, ref.depth)
+
+
+def test_native_masked_depth_is_source_validity(threads):
+    _require_native()
+    threads(2)
+    depth = _scene(secrets.randbits(31), 2, 1)[0][1]
+    for tau in (0.1, 0.02, None):
+        z = splat_native.masked_depth(depth, tau)
+        ok = source_validity(depth, tau)
+        assert torch.equal(~torch.isnan(z), ok), tau
+        assert torch.equal(z[ok], depth[ok])
+
+
+def test_dispatcher_takes_native_on_cpu(monkeypatch):
+    _require_native()
+    args, hw = _scene(secrets.randbits(31), 1, 2)
+    calls = []
+    real = splat_native.splat_native
+    monkeypatch.setattr(splat_native, "splat_native", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = splat(*args, hw)
+    assert calls, "splat() on CPU tensors did not take the native path"
+    assert torch.equal(got.color, splat_reference(*args, hw).color)
+
+
+def test_native_rejects_bad_input():
+    _require_native()
+    args, hw = _scene(0, 1, 1)
+    with pytest.raises(ValueError, match="depth"):
+        splat_native.splat_native(args[0], args[1][:, :-1], *args[2:], hw)
+    with pytest.raises(ValueError, match="mode"):
+        splat_native.splat_native(*args, hw, mode="cubic")
+    with pytest.raises(ValueError, match=r"out\.color"):
+        bad = SplatResult(torch.empty(1), torch.empty(1), torch.empty(1, dtype=torch.bool))
+        splat_native.splat_native(*args, hw, out=bad)
+
+
+def _build_in_subprocess(env: dict, code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (the library cache is per process) with `env` added."""
+    import os
+
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full, capture_output=True, text=True, timeout=300)
+
+
+def test_build_is_cached_and_keyed_by_source(tmp_path):
+    _require_native()
+    code = "from kernels import native; lib = native.load('splat'); print(lib._name if lib else native.build_error(''))"
+    first = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path)}, code)
+    assert first.returncode == 0, first.stderr
+    path = Path(first.stdout.strip())
+    assert path.exists() and path.parent == tmp_path / "native"
+    mtime = path.stat().st_mtime_ns
+    second = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path)}, code)
+    assert Path(second.stdout.strip()) == path and path.stat().st_mtime_ns == mtime  # loaded, not rebuilt
+    assert [p.name for p in (tmp_path / "native").iterdir()] == [path.name]  # no temporary files left
+
+
+def test_without_compiler_the_torch_path_serves(tmp_path):
+    """A broken compiler: no library, a reason, and splat() still answers (the fused torch passes)."""
+    code = (
+        "import torch; from kernels import native, splat_native; from kernels.splat import splat\n"
+        "assert not splat_native.available(); print(native.build_error('splat').splitlines()[0])\n"
+        "import sys; sys.path.insert(0, 'tests'); from test_splat_native import _scene\n"
+        "args, hw = _scene(0, 1, 2); r = splat(*args, hw); assert r.mask.any()\n"
+    )
+    done = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path), "CC": "false", "PATH": "/nonexistent"}, code)
+    assert done.returncode == 0, done.stderr
+    assert "false" in done.stdout or "no C compiler" in done.stdout
+    off = _build_in_subprocess({"PARALLAX_NO_NATIVE": "1"}, code)
+    assert off.returncode == 0, off.stderr
+    assert "PARALLAX_NO_NATIVE" in off.stdout
