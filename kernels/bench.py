@@ -22,7 +22,7 @@ from kernels import splat as S
 from kernels import splat_cpu as SC
 from kernels import splat_native as SN
 
-# (source H, W, views, target H, W) per suite size; quick is a CI smoke run.
+# (source H, W, views, target H, W) per suite size; quick is a CI smoke run (no Inductor compilation).
 QUICK_SIZES = [(48, 64, 2, 48, 64), (96, 128, 4, 96, 128)]
 FULL_SIZES = [
     (256, 384, 4, 256, 384),
@@ -132,7 +132,9 @@ def _native_rows(kernel: str, size: str, args, hw, mode: str, base: float, repea
     ]
 
 
-def _splat_rows(device: torch.device, sizes, repeats: int, bandwidth: float | None) -> list[dict]:
+def _splat_rows(
+    device: torch.device, sizes, repeats: int, bandwidth: float | None, inductor: bool = True
+) -> list[dict]:
     rows = []
     for h, w, views, ht, wt in sizes:
         args = _scene(h, w, views, ht, wt, device)
@@ -143,7 +145,8 @@ def _splat_rows(device: torch.device, sizes, repeats: int, bandwidth: float | No
             if device.type == "cpu":
                 base = _best_time(_scatter_baseline(args, ht, wt), device, repeats)
                 rows.append(_row(kernel, size, "cpu", "reference", "scatter_reduce_", ref / base, base))
-                for path, compiled in (("fused-eager", False), ("fused-inductor", True)):
+                fused_paths = (("fused-eager", False), ("fused-inductor", True))[: 2 if inductor else 1]
+                for path, compiled in fused_paths:
                     fn = functools.partial(SC.splat_cpu, *args, (ht, wt), mode=mode, compiled=compiled)
                     fused = _best_time(fn, device, repeats)  # the warm-up call compiles (disk-cached)
                     rows.append(_row(kernel, size, "cpu", path, "scatter_reduce_", fused / base, base))
@@ -192,7 +195,9 @@ def run_suite(args: argparse.Namespace) -> list[dict]:
     sizes = QUICK_SIZES if quick else FULL_SIZES
     repeats = 5
     bandwidth = _copy_bandwidth(device) if device.type == "cuda" else None
-    rows = _splat_rows(device, sizes, repeats, bandwidth) + _ray_rows(device, sizes, repeats, bandwidth)
+    # quick (CI smoke) skips the Inductor path: its cold compilation alone takes tens of seconds
+    rows = _splat_rows(device, sizes, repeats, bandwidth, inductor=not quick)
+    rows += _ray_rows(device, sizes, repeats, bandwidth)
     if bandwidth is not None:
         rows.append(
             _row(

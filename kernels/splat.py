@@ -519,7 +519,8 @@ def splat(
     else:  # these modules import this one: bound here, not at the top
         from kernels import splat_native
 
-        if splat_native.available() and color.device.type == "cpu" and depth.device.type == "cpu":
+        on_cpu = all(t.device.type == "cpu" for t in (color, depth, K_src, c2w_src, K_tgt, c2w_tgt))
+        if on_cpu and splat_native.available():
             fn = splat_native.splat_native
         else:
             from kernels.splat_cpu import splat_cpu as fn

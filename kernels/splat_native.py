@@ -20,12 +20,17 @@ from kernels.splat import SplatResult, _outputs, check_splat_inputs, composite_p
 
 _P, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _SIGNATURES = {
-    "parallax_masked_depth": [_P, _P, _P, _I64, _I64, _I64, _F32, _INT],  # depth, z, scratch, B, H, W, tau
-    # z, M, color, B, C, H, W, V, Ht, Wt, keys, out colour, depth, mask, threads
-    "parallax_splat_nearest": [_P, _P, _P, *[_I64] * 7, _P, _P, _P, _P, _INT],
-    # z, M, color, B, C, H, W, V, Ht, Wt, k, eps, front, acc, out colour, depth, mask, threads
-    "parallax_splat_soft": [_P, _P, _P, *[_I64] * 7, _F32, _F32, _P, _P, _P, _P, _P, _INT],
+    "parallax_masked_depth": ([_P, _P, _P, _I64, _I64, _I64, _F32, _INT], None),  # depth, z, scratch, B, H, W, tau
+    # z, M, color, B, C, H, W, V, Ht, Wt, keys, rows, out colour, depth, mask, threads
+    "parallax_splat_nearest": ([_P, _P, _P, *[_I64] * 7, _P, _P, _P, _P, _P, _INT], None),
+    # z, M, color, B, C, H, W, V, Ht, Wt, k, eps, front, acc, rows, out colour, depth, mask, threads
+    "parallax_splat_soft": ([_P, _P, _P, *[_I64] * 7, _F32, _F32, _P, _P, _P, _P, _P, _P, _INT], None),
+    "parallax_has_openmp": ([], _INT),
 }
+# int64 words of row scratch per thread and source column (ROW_SCRATCH in splat.c)
+ROW_SCRATCH = 4
+# Bytes of per-thread z-buffers (or soft sums) a call may hold; beyond it fewer threads take whole planes.
+SCRATCH_BUDGET = 1 << 30
 
 
 @functools.cache
@@ -33,9 +38,9 @@ def _library() -> ctypes.CDLL | None:
     lib = native.load("splat")
     if lib is None:
         return None
-    for fn, argtypes in _SIGNATURES.items():
+    for fn, (argtypes, restype) in _SIGNATURES.items():
         getattr(lib, fn).argtypes = argtypes
-        getattr(lib, fn).restype = None
+        getattr(lib, fn).restype = restype
     return lib
 
 
@@ -44,8 +49,25 @@ def available() -> bool:
     return _library() is not None
 
 
+def has_openmp() -> bool:
+    """True when the library runs its loops on several threads (built with OpenMP)."""
+    lib = _library()
+    return lib is not None and bool(lib.parallax_has_openmp())
+
+
 def _ptr(t: Tensor) -> int:
     return t.data_ptr()
+
+
+def _layout(planes: int, per_plane_bytes: int) -> tuple[int, int]:
+    """(threads, private scratch copies): whole planes per thread when planes >= threads, each thread
+    with its own scratch (fewer threads if SCRATCH_BUDGET would be exceeded); else one shared plane's
+    scratch split into bands of pixels."""
+    threads = max(1, torch.get_num_threads())
+    if planes < threads:
+        return threads, 1
+    threads = max(1, min(threads, SCRATCH_BUDGET // max(1, per_plane_bytes)))
+    return threads, threads
 
 
 def masked_depth(depth: Tensor, edge_threshold: float | None) -> Tensor:
@@ -76,8 +98,10 @@ def splat_native(
 ) -> SplatResult:
     """Forward splatting in C on CPU tensors; writes into `out` when given (checked like splat_triton's)."""
     check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode, edge_threshold)
-    if color.device.type != "cpu" or depth.device.type != "cpu":
-        raise ValueError(f"splat_native needs CPU tensors, got {color.device} and {depth.device}")
+    named = {"color": color, "depth": depth, "K_src": K_src, "c2w_src": c2w_src, "K_tgt": K_tgt, "c2w_tgt": c2w_tgt}
+    for name, t in named.items():
+        if t.device.type != "cpu":
+            raise ValueError(f"splat_native needs CPU tensors, {name} is on {t.device}")
     lib = _library()
     if lib is None:
         raise RuntimeError(f"native splat unavailable: {native.build_error('splat')}")
@@ -94,13 +118,19 @@ def splat_native(
     rgb = color.detach().float().reshape(B, C, H * W).contiguous()  # (B, C, N)
     shape = (B, C, H, W, V, Ht, Wt)
     outs = (_ptr(res.color), _ptr(res.depth), _ptr(res.mask))
-    threads = torch.get_num_threads()
+    P = Ht * Wt
     if mode == "nearest":
-        keys = torch.empty(threads * Ht * Wt, dtype=torch.int64)  # a z-buffer per thread, filled in C
-        lib.parallax_splat_nearest(_ptr(z), _ptr(M), _ptr(rgb), *shape, _ptr(keys), *outs, threads)
+        threads, copies = _layout(B * V, P * 8)
+        keys = torch.empty(copies * P, dtype=torch.int64)  # z-buffers, filled by the C code
+        rows = torch.empty(threads * ROW_SCRATCH * W, dtype=torch.int64)
+        lib.parallax_splat_nearest(_ptr(z), _ptr(M), _ptr(rgb), *shape, _ptr(keys), _ptr(rows), *outs, threads)
         return res
-    front = torch.empty(threads * Ht * Wt, dtype=torch.float32)  # z_front per thread (or shared, by bands)
-    acc = torch.empty(threads * Ht * Wt * (C + 2), dtype=torch.float32)  # weight, weight·z, weight·colour
+    threads, copies = _layout(B * V, P * (C + 3) * 4)
+    front = torch.empty(copies * P, dtype=torch.float32)  # z_front
+    acc = torch.empty(copies * P * (C + 2), dtype=torch.float32)  # weight, weight·z, weight·colour
+    rows = torch.empty(threads * ROW_SCRATCH * W, dtype=torch.int64)
     k, eps = float(soft_sharpness), float(soft_eps)
-    lib.parallax_splat_soft(_ptr(z), _ptr(M), _ptr(rgb), *shape, k, eps, _ptr(front), _ptr(acc), *outs, threads)
+    lib.parallax_splat_soft(
+        _ptr(z), _ptr(M), _ptr(rgb), *shape, k, eps, _ptr(front), _ptr(acc), _ptr(rows), *outs, threads
+    )
     return res

@@ -92,7 +92,11 @@ def test_native_soft_matches_reference(b, v, n_threads, threads):
     args, hw = _scene(seed, b, v)
     ref = splat_reference(*args, hw, mode="soft")
     got = splat_native.splat_native(*args, hw, mode="soft", out=_poisoned_like(ref))
-    assert torch.equal(got.mask, ref.mask), f"seed {seed}"
+    # another summation order: a weight sum within rounding of soft_eps may flip; allow one such pixel
+    assert (got.mask != ref.mask).sum() <= 1, f"seed {seed}"
+    both = (got.mask & ref.mask)[:, :, None].expand_as(ref.color)
+    got = SplatResult(torch.where(both, got.color, 0), torch.where(both[:, :, 0], got.depth, 0), got.mask)
+    ref = SplatResult(torch.where(both, ref.color, 0), torch.where(both[:, :, 0], ref.depth, 0), ref.mask)
     # expf from libm against torch's vectorised exp, and another summation order
     torch.testing.assert_close(got.depth, ref.depth, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {seed}: {m}")
     torch.testing.assert_close(got.color, ref.color, rtol=1e-5, atol=1e-5, msg=lambda m: f"seed {seed}: {m}")
@@ -117,6 +121,24 @@ def test_native_masked_depth_is_source_validity(threads):
         ok = source_validity(depth, tau)
         assert torch.equal(~torch.isnan(z), ok), tau
         assert torch.equal(z[ok], depth[ok])
+
+
+def test_native_runs_threads_in_parallel_where_openmp_exists():
+    """On Linux the build must have OpenMP (gcc and clang both have it): one thread only would pass every
+    equality test above while losing the speed the kernels exist for."""
+    _require_native()
+    if sys.platform != "linux":
+        pytest.skip("OpenMP is only required on Linux builds")
+    assert splat_native.has_openmp()
+
+
+def test_native_rejects_tensors_off_the_cpu():
+    _require_native()
+    args, hw = _scene(0, 1, 2)
+    meta = list(args)
+    meta[4] = meta[4].to("meta")
+    with pytest.raises(ValueError, match="K_tgt is on meta"):
+        splat_native.splat_native(*meta, hw)
 
 
 def test_dispatcher_takes_native_on_cpu(monkeypatch):
@@ -171,9 +193,29 @@ def test_without_compiler_the_torch_path_serves(tmp_path):
         "import sys; sys.path.insert(0, 'tests'); from test_splat_native import _scene\n"
         "args, hw = _scene(0, 1, 2); r = splat(*args, hw); assert r.mask.any()\n"
     )
-    done = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path), "CC": "false", "PATH": "/nonexistent"}, code)
+    done = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path), "CC": "false"}, code)  # every compile fails
     assert done.returncode == 0, done.stderr
-    assert "false" in done.stdout or "no C compiler" in done.stdout
+    assert done.stdout.startswith("false -O3"), done.stdout  # the failed command, for the log
+    assert not list((tmp_path / "native").iterdir())  # no library, no temporaries
+    none = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path), "CC": "", "PATH": "/nonexistent"}, code)
+    assert none.returncode == 0, none.stderr
+    assert "no C compiler" in none.stdout
     off = _build_in_subprocess({"PARALLAX_NO_NATIVE": "1"}, code)
     assert off.returncode == 0, off.stderr
     assert "PARALLAX_NO_NATIVE" in off.stdout
+
+
+def test_bench_kernels_quick_reports_every_cpu_path(threads):
+    """`parallax bench kernels --quick` on the CPU: a row per path and size, finite positive ratios."""
+    import argparse
+
+    from kernels.bench import QUICK_SIZES, run_suite
+
+    rows = run_suite(argparse.Namespace(quick=True, device="cpu", threads=1))  # `threads` restores the count
+    splat_rows = [r for r in rows if r["kernel"].startswith("splat-")]
+    paths = {r["path"] for r in splat_rows}
+    expected = {"reference", "fused-eager"} | ({"native", "native out="} if splat_native.available() else set())
+    assert paths == expected
+    assert len(splat_rows) == len(QUICK_SIZES) * 2 * len(expected)  # sizes x modes x paths
+    assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 and r["vs"] == "scatter_reduce_" for r in splat_rows)
+    assert any(r["kernel"] == "rays" for r in rows)

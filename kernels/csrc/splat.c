@@ -14,7 +14,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -39,13 +38,11 @@ static inline int plane_parallel(int64_t planes, int threads) { return planes >=
 /* z with NaN where a pixel is not splatted: finite z > 0 and no valid 4-neighbour q with
  * |z - z_q| > tau * min(z, z_q) (tau = +inf disables the flying-pixel rule). depth, z, scratch: (B, H, W).
  * Invalid pixels become NaN first (scratch), so the neighbour test needs no validity branches: any
- * comparison with NaN is false. Border neighbours read a row of NaNs. */
+ * comparison with NaN is false. Border pixels compare with themselves (never an edge). */
 void parallax_masked_depth(const float *depth, float *z, float *scratch, int64_t B, int64_t H, int64_t W, float tau,
                            int threads) {
 #pragma omp parallel num_threads(threads)
     {
-        float *nan_row = malloc((size_t)W * sizeof(float));
-        for (int64_t j = 0; j < W; j++) nan_row[j] = NAN;
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < B * H; r++) {
             const float *d = depth + r * W;
@@ -55,19 +52,26 @@ void parallax_masked_depth(const float *depth, float *z, float *scratch, int64_t
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < B * H; r++) {
             const float *c = scratch + r * W;
-            const float *up = (r % H) ? c - W : nan_row;
-            const float *dn = (r % H) < H - 1 ? c + W : nan_row;
+            const float *up = (r % H) ? c - W : c; /* a border pixel is its own neighbour: |z - z| = 0 */
+            const float *dn = (r % H) < H - 1 ? c + W : c;
             float *out = z + r * W;
             for (int64_t j = 0; j < W; j++) {
-                float zp = c[j], zl = j ? c[j - 1] : NAN, zr = j < W - 1 ? c[j + 1] : NAN;
+                float zp = c[j], zl = c[j ? j - 1 : j], zr = c[j < W - 1 ? j + 1 : j], zu = up[j], zd = dn[j];
                 int fly = (fabsf(zp - zl) > (zp < zl ? zp : zl) * tau) | (fabsf(zp - zr) > (zp < zr ? zp : zr) * tau) |
-                          (fabsf(zp - up[j]) > (zp < up[j] ? zp : up[j]) * tau) |
-                          (fabsf(zp - dn[j]) > (zp < dn[j] ? zp : dn[j]) * tau);
+                          (fabsf(zp - zu) > (zp < zu ? zp : zu) * tau) | (fabsf(zp - zd) > (zp < zd ? zp : zd) * tau);
                 out[j] = fly ? NAN : zp;
             }
         }
-        free(nan_row);
     }
+}
+
+/* 1 when built with OpenMP (threads run in parallel), 0 when every call runs on one thread. */
+int parallax_has_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* Target pixel (u_t, v_t, z_t) of source pixel centre (u, v) with depth z under the 3x4 matrix m:
@@ -98,12 +102,10 @@ static void project_row(const float *restrict m, const float *restrict zrow, int
  * land in target pixels [lo, hi). A whole row is projected and turned into (slot, key) pairs first
  * (SIMD, -1 marking a miss); the scalar scatter that follows only takes a running minimum. */
 static void nearest_scatter(const float *z, const float *m, int64_t *keys, int64_t H, int64_t W,
-                            int64_t Ht, int64_t Wt, int64_t lo, int64_t hi) {
+                            int64_t Ht, int64_t Wt, int64_t lo, int64_t hi, int64_t *rows) {
     const float wt = (float)Wt, ht = (float)Ht;
-    float *buf = malloc((size_t)(3 * W) * sizeof(float));
-    int64_t *pairs = malloc((size_t)(2 * W) * sizeof(int64_t));
-    float *restrict ut = buf, *restrict vt = buf + W, *restrict zt = buf + 2 * W;
-    int64_t *restrict slot = pairs, *restrict key = pairs + W;
+    float *restrict ut = (float *)rows, *restrict vt = ut + W, *restrict zt = vt + W; /* rows: ROW_SCRATCH*W */
+    int64_t *restrict slot = rows + 2 * W, *restrict key = rows + 3 * W;
     for (int64_t i = 0; i < H; i++) {
         project_row(m, z + i * W, i, W, ut, vt, zt);
         for (int64_t j = 0; j < W; j++) {
@@ -119,8 +121,6 @@ static void nearest_scatter(const float *z, const float *m, int64_t *keys, int64
             if (key[j] < *k) *k = key[j];
         }
     }
-    free(pairs);
-    free(buf);
 }
 
 /* Scalar code for loops of data-dependent loads: SIMD gathers are slower than scalar loads on several
@@ -147,6 +147,9 @@ NO_SIMD_GATHER static void nearest_gather(const int64_t *restrict keys, const fl
     }
 }
 
+/* int64 words of per-thread row scratch per source column (3 floats of projection, slot and key). */
+#define ROW_SCRATCH 4
+
 static void fill_keys(int64_t *restrict keys, int64_t n) {
     const int64_t empty = (int64_t)((uint64_t)EMPTY_HIGH << 32);
     for (int64_t p = 0; p < n; p++) keys[p] = empty;
@@ -169,21 +172,22 @@ static inline int team_size(void) {
 }
 
 /* Nearest-point z-buffer splat. z (B, H, W) NaN-masked, M (B, V, 3, 4), color (B, C, H*W) -> out_color
- * (B, V, C, Ht, Wt), out_depth and out_mask (B, V, Ht, Wt). keys: scratch of threads * Ht*Wt int64.
+ * (B, V, C, Ht, Wt), out_depth and out_mask (B, V, Ht, Wt). Scratch: keys, threads * Ht*Wt int64 (one
+ * Ht*Wt when planes < threads); rows, threads * ROW_SCRATCH * W int64.
  * With at least as many planes as threads, each thread splats whole planes into its own z-buffer;
  * otherwise the threads share a plane's z-buffer, each owning a band of
  * target pixels (every thread projects every point and keeps those in its band: no atomics). Either
  * way a thread fills, scatters and gathers its pixels back to back, while they are still in cache. */
 void parallax_splat_nearest(const float *z, const float *M, const float *color, int64_t B, int64_t C, int64_t H,
-                            int64_t W, int64_t V, int64_t Ht, int64_t Wt, int64_t *keys, float *out_color,
-                            float *out_depth, uint8_t *out_mask, int threads) {
+                            int64_t W, int64_t V, int64_t Ht, int64_t Wt, int64_t *keys, int64_t *rows,
+                            float *out_color, float *out_depth, uint8_t *out_mask, int threads) {
     const int64_t P = Ht * Wt, N = H * W, planes = B * V;
     if (plane_parallel(planes, threads)) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t bv = 0; bv < planes; bv++) {
             int64_t *k = keys + thread_id() * P;
             fill_keys(k, P);
-            nearest_scatter(z + (bv / V) * N, M + bv * 12, k, H, W, Ht, Wt, 0, P);
+            nearest_scatter(z + (bv / V) * N, M + bv * 12, k, H, W, Ht, Wt, 0, P, rows + thread_id() * ROW_SCRATCH * W);
             nearest_gather(k, color + (bv / V) * C * N, C, N, P, 0, P, out_color + bv * C * P, out_depth + bv * P,
                            out_mask + bv * P);
         }
@@ -195,7 +199,7 @@ void parallax_splat_nearest(const float *z, const float *M, const float *color, 
             int t = thread_id();
             int64_t bands = team_size(), lo = P * t / bands, hi = P * (t + 1) / bands;
             fill_keys(keys + lo, hi - lo);
-            nearest_scatter(z + (bv / V) * N, M + bv * 12, keys, H, W, Ht, Wt, lo, hi);
+            nearest_scatter(z + (bv / V) * N, M + bv * 12, keys, H, W, Ht, Wt, lo, hi, rows + t * ROW_SCRATCH * W);
             nearest_gather(keys, color + (bv / V) * C * N, C, N, P, lo, hi, out_color + bv * C * P,
                            out_depth + bv * P, out_mask + bv * P);
         }
@@ -228,10 +232,9 @@ static inline int soft_corners(float ut, float vt, float zt, int64_t Ht, int64_t
  * outputs. front, acc and the outputs are the plane's; only the band [lo, hi) is touched. */
 static void soft_band(const float *z, const float *m, const float *color, int64_t C, int64_t H, int64_t W, int64_t Ht,
                       int64_t Wt, float k, float eps, int64_t lo, int64_t hi, float *front, float *acc,
-                      float *out_color, float *out_depth, uint8_t *out_mask) {
+                      float *out_color, float *out_depth, uint8_t *out_mask, int64_t *rows) {
     const int64_t P = Ht * Wt, N = H * W, S = C + 2;
-    float *buf = malloc((size_t)(3 * W) * sizeof(float));
-    float *ut = buf, *vt = buf + W, *zt = buf + 2 * W;
+    float *ut = (float *)rows, *vt = ut + W, *zt = vt + W;
     for (int64_t p = lo; p < hi; p++) front[p] = INFINITY;
     memset(acc + lo * S, 0, (size_t)((hi - lo) * S) * sizeof(float));
     for (int pass = 0; pass < 2; pass++) {
@@ -264,22 +267,23 @@ static void soft_band(const float *z, const float *m, const float *color, int64_
         out_depth[p] = hit ? a[1] / a[0] : 0.0f;
         for (int64_t c = 0; c < C; c++) out_color[c * P + p] = hit ? a[2 + c] / a[0] : 0.0f;
     }
-    free(buf);
 }
 
 /* Depth-aware bilinear splat. Arguments as parallax_splat_nearest, plus the sharpness k and mask
- * threshold eps; scratch: front (threads * Ht*Wt) and acc (threads * Ht*Wt*(C+2)) floats. Threads
+ * threshold eps; scratch: front (threads * Ht*Wt) and acc (threads * Ht*Wt*(C+2)) floats (one plane's
+ * worth when planes < threads), rows as parallax_splat_nearest's. Threads
  * take whole planes, or bands of one plane's pixels when there are fewer planes than threads. */
 void parallax_splat_soft(const float *z, const float *M, const float *color, int64_t B, int64_t C, int64_t H,
                          int64_t W, int64_t V, int64_t Ht, int64_t Wt, float k, float eps, float *front, float *acc,
-                         float *out_color, float *out_depth, uint8_t *out_mask, int threads) {
+                         int64_t *rows, float *out_color, float *out_depth, uint8_t *out_mask, int threads) {
     const int64_t P = Ht * Wt, N = H * W, planes = B * V, S = C + 2;
     if (plane_parallel(planes, threads)) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t bv = 0; bv < planes; bv++) {
             int t = thread_id();
             soft_band(z + (bv / V) * N, M + bv * 12, color + (bv / V) * C * N, C, H, W, Ht, Wt, k, eps, 0, P,
-                      front + t * P, acc + t * P * S, out_color + bv * C * P, out_depth + bv * P, out_mask + bv * P);
+                      front + t * P, acc + t * P * S, out_color + bv * C * P, out_depth + bv * P, out_mask + bv * P,
+                      rows + t * ROW_SCRATCH * W);
         }
         return;
     }
@@ -288,7 +292,8 @@ void parallax_splat_soft(const float *z, const float *M, const float *color, int
         {
             int64_t t = thread_id(), bands = team_size();
             soft_band(z + (bv / V) * N, M + bv * 12, color + (bv / V) * C * N, C, H, W, Ht, Wt, k, eps, P * t / bands,
-                      P * (t + 1) / bands, front, acc, out_color + bv * C * P, out_depth + bv * P, out_mask + bv * P);
+                      P * (t + 1) / bands, front, acc, out_color + bv * C * P, out_depth + bv * P, out_mask + bv * P,
+                      rows + t * ROW_SCRATCH * W);
         }
     }
 }
