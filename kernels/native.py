@@ -31,6 +31,22 @@ BASE_FLAGS = ["-O3", "-std=c11", "-shared", "-fPIC", "-ffp-contract=off", "-fno-
 # Tried in order until one compiles: tuned for this CPU with OpenMP, portable with OpenMP, single-threaded.
 FLAG_SETS = (["-march=native", "-fopenmp"], ["-fopenmp"], [])
 _BUILD_ERRORS: dict[str, str] = {}  # library name -> why it could not be built (for messages and tests)
+_FORKED = False  # set in a child process by the at-fork hook below
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED
+    _FORKED = True
+
+
+if hasattr(os, "register_at_fork"):  # registered at import: kernels.splat imports this module early
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def forked_child() -> bool:
+    """True in a process forked after this module was imported (multiprocessing, DataLoader workers):
+    there GNU OpenMP's thread pool, shared with torch, cannot be used with more than one thread."""
+    return _FORKED
 
 
 def enabled() -> bool:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from backend.geometry.projection import invert_pose, pixel_centres
+from kernels import native  # noqa: F401  (imported early: its at-fork hook must see every fork)
 from kernels.dispatch import has_triton, use_triton
 
 MODES = ("nearest", "soft")
@@ -59,8 +60,9 @@ class SplatResult(NamedTuple):
     mask: Tensor  # (B, V, Ht, Wt) bool, True where something landed
 
 
-def check_splat_inputs(color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode: str = "nearest",
-                       edge_threshold: float | None = 0.1) -> None:
+def check_splat_inputs(
+    color, depth, K_src, c2w_src, K_tgt, c2w_tgt, out_hw, mode: str = "nearest", edge_threshold: float | None = 0.1
+) -> None:
     """Input checks shared by every path (shapes, dtypes, then the options); ValueError naming the bad field."""
     if not isinstance(color, Tensor) or color.ndim != 4:
         raise ValueError(f"color must be a (B, C, H, W) tensor, got {getattr(color, 'shape', type(color))}")

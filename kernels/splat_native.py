@@ -59,11 +59,18 @@ def _ptr(t: Tensor) -> int:
     return t.data_ptr()
 
 
+def _threads() -> int:
+    """torch's thread count, or 1 in a forked child (kernels.native.forked_child): the OpenMP runtime,
+    which these kernels share with torch, does not survive fork() once its thread pool has started, and
+    the child would hang in its first parallel region (torch runs single-threaded there too)."""
+    return 1 if native.forked_child() else max(1, torch.get_num_threads())
+
+
 def _layout(planes: int, per_plane_bytes: int) -> tuple[int, int]:
     """(threads, private scratch copies): whole planes per thread when planes >= threads, each thread
     with its own scratch (fewer threads if SCRATCH_BUDGET would be exceeded); else one shared plane's
     scratch split into bands of pixels."""
-    threads = max(1, torch.get_num_threads())
+    threads = _threads()
     if planes < threads:
         return threads, 1
     threads = max(1, min(threads, SCRATCH_BUDGET // max(1, per_plane_bytes)))
@@ -78,7 +85,7 @@ def masked_depth(depth: Tensor, edge_threshold: float | None) -> Tensor:
     d = depth.detach().float().contiguous()
     z, scratch = torch.empty_like(d), torch.empty_like(d)
     tau = math.inf if edge_threshold is None else float(edge_threshold)
-    lib.parallax_masked_depth(_ptr(d), _ptr(z), _ptr(scratch), *d.shape, tau, torch.get_num_threads())
+    lib.parallax_masked_depth(_ptr(d), _ptr(z), _ptr(scratch), *d.shape, tau, _threads())
     return z
 
 

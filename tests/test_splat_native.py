@@ -219,3 +219,24 @@ def test_bench_kernels_quick_reports_every_cpu_path(threads):
     assert len(splat_rows) == len(QUICK_SIZES) * 2 * len(expected)  # sizes x modes x paths
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 and r["vs"] == "scatter_reduce_" for r in splat_rows)
     assert any(r["kernel"] == "rays" for r in rows)
+
+
+def test_forked_child_does_not_hang():
+    """A child forked after the parent ran torch and the kernels multi-threaded (DataLoader workers,
+    multiprocessing) must still splat: OpenMP's pool does not survive fork(), so it runs on one thread."""
+    _require_native()
+    code = (
+        "import os, sys, torch; sys.path.insert(0, 'tests')\n"
+        "from test_splat_native import _scene; from kernels.splat import splat, splat_reference\n"
+        "torch.set_num_threads(2); x = torch.rand(1500, 1500); (x @ x).sum()\n"
+        "args, hw = _scene(1, 1, 4); splat(*args, hw)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    ok = torch.equal(splat(*args, hw).color, splat_reference(*args, hw).color); os._exit(0 if ok else 3)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child hung in the native splat")
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stdout + done.stderr
