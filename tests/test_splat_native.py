@@ -7,6 +7,7 @@ both threading layouts (whole planes per thread; bands of one plane's pixels), i
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_splat import _intrinsics, _rotation
+from test_splat import _odd_scene
 
 from kernels import native, splat_native
 from kernels.splat import SplatResult, source_validity, splat, splat_reference
@@ -27,25 +28,6 @@ def _require_native() -> None:
     if native.compiler() is None or not native.enabled():
         pytest.skip("no C compiler (or PARALLAX_NO_NATIVE=1): the torch paths serve this machine")
     assert splat_native.available(), f"native splat did not build: {native.build_error('splat')}"
-
-
-def _scene(seed: int, b: int, v: int, h: int = 17, w: int = 23):
-    """Random odd-sized RGB-D sources (a near box for flying pixels, some invalid depths) and targets."""
-    gen = torch.Generator().manual_seed(seed)
-    color = torch.rand(b, 3, h, w, generator=gen)
-    depth = 2.0 + 0.4 * torch.rand(b, h, w, generator=gen)
-    depth[:, 4:9, 6:13] = 1.0 + 0.05 * torch.rand(b, 5, 7, generator=gen)
-    depth[0, 0, :4] = torch.tensor([0.0, math.inf, math.nan, -1.0])
-    K_src = _intrinsics(14.0, h, w).expand(b, 3, 3).clone()
-    ht, wt = h + 4, w - 2
-    K_tgt = _intrinsics(15.0, ht, wt).expand(b, v, 3, 3).clone()
-    K_tgt[:, :, :2, :] += 0.4 * torch.randn(b, v, 2, 3, generator=gen)
-    c2w_tgt = torch.eye(4).repeat(b, v, 1, 1)
-    for i in range(b):
-        for j in range(v):
-            c2w_tgt[i, j, :3, :3] = _rotation(0.08 * torch.randn(3, generator=gen))
-            c2w_tgt[i, j, :3, 3] = 0.2 * torch.randn(3, generator=gen)
-    return (color, depth, K_src, torch.eye(4).expand(b, 4, 4).clone(), K_tgt, c2w_tgt), (ht, wt)
 
 
 def _poisoned_like(ref: SplatResult) -> SplatResult:
@@ -73,7 +55,7 @@ def test_native_nearest_is_bit_identical_to_reference(b, v, n_threads, edge_thre
     _require_native()
     threads(n_threads)
     seed = secrets.randbits(31)
-    args, hw = _scene(seed, b, v)
+    args, hw = _odd_scene(seed, b=b, v=v)
     ref = splat_reference(*args, hw, edge_threshold=edge_threshold)
     assert 0.05 < ref.mask.float().mean().item() < 1.0, f"seed {seed}: degenerate scene"
     poisoned = _poisoned_like(ref)
@@ -89,7 +71,7 @@ def test_native_soft_matches_reference(b, v, n_threads, threads):
     _require_native()
     threads(n_threads)
     seed = secrets.randbits(31)
-    args, hw = _scene(seed, b, v)
+    args, hw = _odd_scene(seed, b=b, v=v)
     ref = splat_reference(*args, hw, mode="soft")
     got = splat_native.splat_native(*args, hw, mode="soft", out=_poisoned_like(ref))
     # another summation order: a weight sum within rounding of soft_eps may flip; allow one such pixel
@@ -106,7 +88,7 @@ def test_native_larger_warp_many_views(threads):
     """A bigger image than a row buffer's worth of SIMD lanes, more views than threads."""
     _require_native()
     threads(2)
-    args, hw = _scene(secrets.randbits(31), 1, 5, h=61, w=97)
+    args, hw = _odd_scene(secrets.randbits(31), b=1, v=5, h=61, w=97)
     ref = splat_reference(*args, hw)
     got = splat_native.splat_native(*args, hw)
     assert torch.equal(got.color, ref.color) and torch.equal(got.depth, ref.depth)
@@ -115,7 +97,7 @@ def test_native_larger_warp_many_views(threads):
 def test_native_masked_depth_is_source_validity(threads):
     _require_native()
     threads(2)
-    depth = _scene(secrets.randbits(31), 2, 1)[0][1]
+    depth = _odd_scene(secrets.randbits(31), b=2, v=1)[0][1]
     for tau in (0.1, 0.02, None):
         z = splat_native.masked_depth(depth, tau)
         ok = source_validity(depth, tau)
@@ -134,7 +116,7 @@ def test_native_runs_threads_in_parallel_where_openmp_exists():
 
 def test_native_rejects_tensors_off_the_cpu():
     _require_native()
-    args, hw = _scene(0, 1, 2)
+    args, hw = _odd_scene(0, b=1, v=2)
     meta = list(args)
     meta[4] = meta[4].to("meta")
     with pytest.raises(ValueError, match="K_tgt is on meta"):
@@ -143,7 +125,7 @@ def test_native_rejects_tensors_off_the_cpu():
 
 def test_dispatcher_takes_native_on_cpu(monkeypatch):
     _require_native()
-    args, hw = _scene(secrets.randbits(31), 1, 2)
+    args, hw = _odd_scene(secrets.randbits(31), b=1, v=2)
     calls = []
     real = splat_native.splat_native
     monkeypatch.setattr(splat_native, "splat_native", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -154,7 +136,7 @@ def test_dispatcher_takes_native_on_cpu(monkeypatch):
 
 def test_native_rejects_bad_input():
     _require_native()
-    args, hw = _scene(0, 1, 1)
+    args, hw = _odd_scene(0, b=1, v=1)
     with pytest.raises(ValueError, match="depth"):
         splat_native.splat_native(args[0], args[1][:, :-1], *args[2:], hw)
     with pytest.raises(ValueError, match="mode"):
@@ -166,8 +148,6 @@ def test_native_rejects_bad_input():
 
 def _build_in_subprocess(env: dict, code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter (the library cache is per process) with `env` added."""
-    import os
-
     full = {**os.environ, **env}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=full, capture_output=True, text=True, timeout=300)
 
@@ -190,8 +170,8 @@ def test_without_compiler_the_torch_path_serves(tmp_path):
     code = (
         "import torch; from kernels import native, splat_native; from kernels.splat import splat\n"
         "assert not splat_native.available(); print(native.build_error('splat').splitlines()[0])\n"
-        "import sys; sys.path.insert(0, 'tests'); from test_splat_native import _scene\n"
-        "args, hw = _scene(0, 1, 2); r = splat(*args, hw); assert r.mask.any()\n"
+        "import sys; sys.path.insert(0, 'tests'); from test_splat import _odd_scene\n"
+        "args, hw = _odd_scene(0, b=1, v=2); r = splat(*args, hw); assert r.mask.any()\n"
     )
     done = _build_in_subprocess({"PARALLAX_CACHE": str(tmp_path), "CC": "false"}, code)  # every compile fails
     assert done.returncode == 0, done.stderr
@@ -227,9 +207,9 @@ def test_forked_child_does_not_hang():
     _require_native()
     code = (
         "import os, sys, torch; sys.path.insert(0, 'tests')\n"
-        "from test_splat_native import _scene; from kernels.splat import splat, splat_reference\n"
+        "from test_splat import _odd_scene; from kernels.splat import splat, splat_reference\n"
         "torch.set_num_threads(2); x = torch.rand(1500, 1500); (x @ x).sum()\n"
-        "args, hw = _scene(1, 1, 4); splat(*args, hw)\n"
+        "args, hw = _odd_scene(1, b=1, v=4); splat(*args, hw)\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    ok = torch.equal(splat(*args, hw).color, splat_reference(*args, hw).color); os._exit(0 if ok else 3)\n"
